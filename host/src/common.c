@@ -1,0 +1,3 @@
+#include "host/common.h"
+
+char host_null_sentinel;

@@ -1,0 +1,313 @@
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "host/config.h"
+#include "host/core.h"
+#include "host/sched.h"
+
+double host_started_at;
+
+static int l_now(lua_State *L)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    lua_pushnumber(L, (double)tv.tv_sec + (double)(tv.tv_usec / 1000) / 1000.0);
+    return 1;
+}
+
+static int l_monotonic_ms(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)host_now_ms());
+    return 1;
+}
+
+typedef struct {
+    host_timer_t timer;
+    host_co_t *co;
+} sleep_op_t;
+
+static void on_sleep_done(host_timer_t *timer)
+{
+    sleep_op_t *op = timer->data;
+    host_co_t *co = op->co;
+    free(op);
+    host_co_clear_op(co);
+    host_co_resume(co, 0);
+}
+
+static void sleep_cancel(void *_op)
+{
+    sleep_op_t *op = _op;
+    host_timer_stop(op->co->worker->timers, &op->timer);
+    free(op);
+}
+
+static int l_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s <= 86400, 1, "sleep duration out of range");
+    host_co_t *co = host_co_current(L);
+    if (co == NULL)
+        return luaL_error(L, "host.sleep can only be used while handling a request or task");
+    sleep_op_t *op = malloc(sizeof(*op));
+    if (op == NULL)
+        return luaL_error(L, "out of memory");
+    op->co = co;
+    host_timer_init(&op->timer, on_sleep_done, op);
+    host_timer_start(co->worker->timers, &op->timer, (uint64_t)(s * 1000));
+    return host_co_yield_op(L, op, sleep_cancel);
+}
+
+/* Names whose values the C host keeps away from scripts. */
+static int is_secret_name(const char *name)
+{
+    static const char *exact[] = {"JWT_SECRET", "SUPABASE_JWT_SECRET", "DATABASE_URL", NULL};
+    static const char *suffixes[] = {"_KEY", "_TOKEN", "_SECRET", "_PASSWORD", NULL};
+    for (int i = 0; exact[i] != NULL; ++i)
+        if (strcmp(name, exact[i]) == 0)
+            return 1;
+    size_t n = strlen(name);
+    for (int i = 0; suffixes[i] != NULL; ++i) {
+        size_t sl = strlen(suffixes[i]);
+        if (n >= sl && strcasecmp(name + n - sl, suffixes[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int l_env(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    if (is_secret_name(name))
+        return luaL_error(L, "host.env: '%s' is a secret and is not readable from scripts", name);
+    const char *v = getenv(name);
+    if (v == NULL)
+        lua_pushnil(L);
+    else
+        lua_pushstring(L, v);
+    return 1;
+}
+
+/* host.has_env(name): whether a (possibly secret) variable is set, without its value. */
+static int l_has_env(lua_State *L)
+{
+    const char *v = getenv(luaL_checkstring(L, 1));
+    lua_pushboolean(L, v != NULL && *v != '\0');
+    return 1;
+}
+
+static void fill_random(unsigned char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(buf + got, n - got, 0);
+        if (r > 0)
+            got += (size_t)r;
+    }
+}
+
+static int l_uuid(lua_State *L)
+{
+    unsigned char b[16];
+    char s[37];
+    fill_random(b, sizeof(b));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    snprintf(s, sizeof(s), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
+    lua_pushstring(L, s);
+    return 1;
+}
+
+static int l_random_hex(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n > 0 && n <= 256, 1, "between 1 and 256 bytes");
+    unsigned char b[256];
+    char hex[513];
+    fill_random(b, (size_t)n);
+    for (lua_Integer i = 0; i < n; ++i)
+        snprintf(hex + 2 * i, 3, "%02x", b[i]);
+    lua_pushlstring(L, hex, (size_t)(2 * n));
+    return 1;
+}
+
+/* --- host.shared: a small process-wide counter table (fixed-window rate limits). --- */
+
+#define SHARED_BUCKETS 4096
+#define SHARED_MAX_ENTRIES 100000
+
+typedef struct shared_entry {
+    struct shared_entry *next;
+    double expires_at;
+    lua_Integer value;
+    char key[];
+} shared_entry_t;
+
+static shared_entry_t *shared_table[SHARED_BUCKETS];
+static size_t shared_count;
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static double now_s(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+static uint32_t hash_key(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; ++i)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+/* Drops expired entries of one bucket; called under the lock. */
+static void sweep_bucket(shared_entry_t **slot, double now)
+{
+    while (*slot != NULL) {
+        if ((*slot)->expires_at <= now) {
+            shared_entry_t *dead = *slot;
+            *slot = dead->next;
+            free(dead);
+            --shared_count;
+        } else {
+            slot = &(*slot)->next;
+        }
+    }
+}
+
+static int l_shared_incr(lua_State *L)
+{
+    size_t klen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    lua_Integer by = luaL_optinteger(L, 2, 1);
+    lua_Number ttl = luaL_optnumber(L, 3, 60);
+    luaL_argcheck(L, klen <= 256, 1, "key too long");
+    luaL_argcheck(L, ttl > 0, 3, "ttl must be positive");
+    double now = now_s();
+    uint32_t b = hash_key(key, klen) % SHARED_BUCKETS;
+    lua_Integer value;
+    double remaining;
+    pthread_mutex_lock(&shared_lock);
+    sweep_bucket(&shared_table[b], now);
+    shared_entry_t *e = shared_table[b];
+    while (e != NULL && !(strlen(e->key) == klen && memcmp(e->key, key, klen) == 0))
+        e = e->next;
+    if (e == NULL && shared_count < SHARED_MAX_ENTRIES && (e = malloc(sizeof(*e) + klen + 1)) != NULL) {
+        memcpy(e->key, key, klen);
+        e->key[klen] = '\0';
+        e->value = 0;
+        e->expires_at = now + ttl;
+        e->next = shared_table[b];
+        shared_table[b] = e;
+        ++shared_count;
+    }
+    if (e != NULL) {
+        e->value += by;
+        value = e->value;
+        remaining = e->expires_at - now;
+    } else {
+        /* Table full: fail open rather than lock every client out. */
+        value = by;
+        remaining = ttl;
+    }
+    pthread_mutex_unlock(&shared_lock);
+    lua_pushinteger(L, value);
+    lua_pushnumber(L, remaining);
+    return 2;
+}
+
+static int l_shared_get(lua_State *L)
+{
+    size_t klen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    double now = now_s();
+    uint32_t b = hash_key(key, klen) % SHARED_BUCKETS;
+    int found = 0;
+    lua_Integer value = 0;
+    pthread_mutex_lock(&shared_lock);
+    sweep_bucket(&shared_table[b], now);
+    for (shared_entry_t *e = shared_table[b]; e != NULL; e = e->next)
+        if (strlen(e->key) == klen && memcmp(e->key, key, klen) == 0) {
+            found = 1;
+            value = e->value;
+            break;
+        }
+    pthread_mutex_unlock(&shared_lock);
+    if (found)
+        lua_pushinteger(L, value);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* host.find_executable(name) -> path | nil: PATH lookup, for health reporting. */
+static int l_find_executable(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const char *path = getenv("PATH");
+    luaL_argcheck(L, strchr(name, '/') == NULL, 1, "a bare program name");
+    char buf[4096];
+    while (path != NULL && *path != '\0') {
+        const char *colon = strchr(path, ':');
+        size_t n = colon != NULL ? (size_t)(colon - path) : strlen(path);
+        snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, path, name);
+        if (n > 0 && access(buf, X_OK) == 0) {
+            lua_pushstring(L, buf);
+            return 1;
+        }
+        path = colon != NULL ? colon + 1 : NULL;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+/* host.traceback(msg): the message plus a stack traceback, for error logs only. */
+static int l_traceback(lua_State *L)
+{
+    luaL_traceback(L, L, luaL_optstring(L, 1, NULL), 1);
+    return 1;
+}
+
+int host_open_core(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {{"now", l_now},
+                                     {"monotonic_ms", l_monotonic_ms},
+                                     {"sleep", l_sleep},
+                                     {"env", l_env},
+                                     {"has_env", l_has_env},
+                                     {"uuid", l_uuid},
+                                     {"random_hex", l_random_hex},
+                                     {"traceback", l_traceback},
+                                     {"find_executable", l_find_executable},
+                                     {NULL, NULL}};
+    static const luaL_Reg shared[] = {{"incr", l_shared_incr}, {"get", l_shared_get}, {NULL, NULL}};
+    luaL_newlib(L, funcs);
+    luaL_newlib(L, shared);
+    lua_setfield(L, -2, "shared");
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, AICODE_VERSION);
+    lua_setfield(L, -2, "version");
+    lua_pushboolean(L, host_config.dev);
+    lua_setfield(L, -2, "dev");
+    lua_pushinteger(L, host_config.workers);
+    lua_setfield(L, -2, "workers");
+    lua_pushstring(L, host_config.data_dir != NULL ? host_config.data_dir : "./data");
+    lua_setfield(L, -2, "data_dir");
+    lua_pushnumber(L, host_started_at);
+    lua_setfield(L, -2, "started_at");
+    lua_setfield(L, -2, "info");
+    return 1;
+}

@@ -1,0 +1,104 @@
+/*
+ * Coroutine records: creation, resumption, yields for host operations, teardown.
+ * Runs on the worker's loop thread only.
+ */
+#include <stdlib.h>
+
+#include <lauxlib.h>
+
+#include "host/sched.h"
+
+/* How often (in VM instructions) a running coroutine checks its deadline. */
+#define DEADLINE_CHECK_INSTRUCTIONS 10000
+
+static void on_count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    host_co_t *co = host_co_current(L);
+    if (co != NULL && co->deadline_ms != 0 && host_now_ms() > co->deadline_ms)
+        luaL_error(L, "execution time limit exceeded");
+}
+
+host_co_t *host_co_current(lua_State *L)
+{
+    return *(host_co_t **)lua_getextraspace(L);
+}
+
+host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner, uint64_t deadline_ms)
+{
+    host_co_t *co = calloc(1, sizeof(*co));
+    if (co == NULL)
+        return NULL;
+    host_gen_t *gen = w->gen;
+    co->gen = gen;
+    co->worker = w;
+    co->on_done = on_done;
+    co->owner = owner;
+    co->deadline_ms = deadline_ms;
+    co->L = lua_newthread(gen->L);                       /* thread */
+    co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX);       /* - */
+    *(host_co_t **)lua_getextraspace(co->L) = co;
+    lua_sethook(co->L, on_count_hook, LUA_MASKCOUNT, DEADLINE_CHECK_INSTRUCTIONS);
+    ++gen->refs;
+    ++w->inflight;
+    return co;
+}
+
+static void co_free(host_co_t *co)
+{
+    host_gen_t *gen = co->gen;
+    host_worker_t *w = co->worker;
+    *(host_co_t **)lua_getextraspace(co->L) = NULL;
+    lua_resetthread(co->L); /* runs pending to-be-closed variables */
+    luaL_unref(gen->L, LUA_REGISTRYINDEX, co->ref);
+    free(co);
+    --w->inflight;
+    host_gen_release(gen);
+}
+
+void host_co_destroy(host_co_t *co)
+{
+    if (co->op != NULL && co->cancel != NULL)
+        co->cancel(co->op);
+    co->op = NULL;
+    co_free(co);
+}
+
+void host_co_clear_op(host_co_t *co)
+{
+    co->op = NULL;
+    co->cancel = NULL;
+}
+
+void host_co_resume(host_co_t *co, int nargs)
+{
+    int nresults = 0;
+    co->running = 1;
+    int status = lua_resume(co->L, NULL, nargs, &nresults);
+    co->running = 0;
+    if (status == LUA_YIELD) {
+        if (co->op != NULL)
+            return; /* an event will resume it */
+        /* A bare coroutine.yield or a yield from a C function that did not register an
+         * operation: nothing would ever resume it, so fail the request now. */
+        lua_settop(co->L, 0);
+        lua_pushliteral(co->L, "yield outside a host operation");
+        status = LUA_ERRRUN;
+    }
+    if (co->on_done != NULL)
+        co->on_done(co, status, nresults);
+    co_free(co);
+}
+
+int host_co_yield_op(lua_State *L, void *op, host_op_cancel_cb cancel)
+{
+    host_co_t *co = host_co_current(L);
+    if (co == NULL || !lua_isyieldable(L)) {
+        if (cancel != NULL)
+            cancel(op);
+        return luaL_error(L, "this host call can only be used while handling a request or task");
+    }
+    co->op = op;
+    co->cancel = cancel;
+    return lua_yield(L, 0);
+}

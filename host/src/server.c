@@ -1,0 +1,560 @@
+/*
+ * h2o setup and the request → Lua coroutine bridge. Each worker thread owns an
+ * evloop, a listener (SO_REUSEPORT), a timer set, a curl multi handle and a
+ * generation of Lua VMs; nothing here is shared between threads except the
+ * global h2o configuration (read-only after start) and atomics.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <openssl/ssl.h>
+
+#include "host/config.h"
+#include "host/http.h"
+#include "host/log.h"
+#include "host/sched.h"
+#include "host/server.h"
+#include "host/vm.h"
+
+__thread host_worker_t *host_current_worker;
+atomic_size_t host_open_connections;
+unsigned host_reload_count;
+
+static h2o_globalconf_t globalconf;
+static SSL_CTX *ssl_ctx;
+static host_worker_t *workers;
+static int nworkers;
+static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
+
+enum { CONTROL_RELOAD = 1, CONTROL_DRAIN };
+typedef struct {
+    h2o_multithread_message_t super;
+    int type;
+} control_msg_t;
+
+/* Per-request record, allocated in the request's pool. */
+typedef struct {
+    h2o_req_t *req;
+    host_co_t *co;
+    host_worker_t *worker;
+    host_timer_t timeout;
+    uint64_t started_ms;
+    uint64_t started_us;
+    char request_id[17];
+} request_rec_t;
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+void host_gen_release(host_gen_t *gen)
+{
+    --gen->refs;
+    if (gen->retired && gen->refs == 0)
+        host_vm_close(gen);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "OK";
+    }
+}
+
+static void log_request(request_rec_t *r, int status, const char *user_id)
+{
+    h2o_req_t *req = r->req;
+    size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    host_log_request(r->request_id, req->method.base, req->method.len, req->path.base, path_len, status,
+                     (double)(now_us() - r->started_us) / 1000.0, user_id);
+}
+
+/* Error responses produced by the host itself (before or outside Lua). */
+static void send_json_error(h2o_req_t *req, const char *request_id, int status, const char *msg)
+{
+    char *body = h2o_mem_alloc_pool(&req->pool, 512);
+    int n = snprintf(body, 512, "{\"error\":\"%s\",\"request_id\":\"%s\"}", msg, request_id);
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, request_id,
+                          strlen(request_id));
+    h2o_send_inline(req, body, (size_t)n);
+}
+
+static void make_request_id(host_worker_t *w, char out[17])
+{
+    uint64_t z = w->request_id_salt + (++w->request_seq) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    snprintf(out, 17, "%016llx", (unsigned long long)z);
+}
+
+static int valid_header_name(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; ++i) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || c == ':')
+            return 0;
+    }
+    return 1;
+}
+
+static int valid_header_value(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; ++i)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 0;
+    return 1;
+}
+
+/* Reads the handler's response table (top of L) and sends it. Returns the status. */
+static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_id_out)
+{
+    h2o_req_t *req = r->req;
+    int t = lua_gettop(L);
+    *user_id_out = NULL;
+    if (!lua_istable(L, t))
+        return -1;
+    lua_getfield(L, t, "status");
+    int isnum;
+    lua_Integer status = lua_tointegerx(L, -1, &isnum);
+    lua_pop(L, 1);
+    if (!isnum || status < 100 || status > 599)
+        return -1;
+    lua_getfield(L, t, "body");
+    size_t body_len = 0;
+    const char *body = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &body_len) : "";
+    int body_idx = lua_gettop(L);
+    lua_getfield(L, t, "user_id");
+    if (lua_type(L, -1) == LUA_TSTRING)
+        *user_id_out = h2o_strdup(&req->pool, lua_tostring(L, -1), SIZE_MAX).base;
+    lua_pop(L, 1);
+
+    req->res.status = (int)status;
+    req->res.reason = reason_phrase((int)status);
+    lua_getfield(L, t, "headers");
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+                size_t nlen, vlen;
+                const char *name = lua_tolstring(L, -2, &nlen), *value = lua_tolstring(L, -1, &vlen);
+                if (valid_header_name(name, nlen) && valid_header_value(value, vlen)) {
+                    h2o_iovec_t n = h2o_strdup(&req->pool, name, nlen);
+                    h2o_strtolower(n.base, n.len);
+                    h2o_iovec_t v = h2o_strdup(&req->pool, value, vlen);
+                    h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
+                          r->request_id, strlen(r->request_id));
+    h2o_send_inline(req, body, body_len); /* copies the body into the request pool */
+    lua_settop(L, body_idx - 1);
+    return (int)status;
+}
+
+static void on_request_done(host_co_t *co, int status, int nresults)
+{
+    request_rec_t *r = co->owner;
+    (void)nresults;
+    if (r == NULL)
+        return; /* client went away while the coroutine was running */
+    r->co = NULL;
+    host_timer_stop(r->worker->timers, &r->timeout);
+    const char *user_id = NULL;
+    int sent = -1;
+    if (status == LUA_OK) {
+        sent = send_lua_response(r, co->L, &user_id);
+        if (sent < 0)
+            host_log("error", "request %s: handler returned an invalid response", r->request_id);
+    } else {
+        const char *msg = lua_tostring(co->L, -1);
+        host_log("error", "request %s: %s", r->request_id, msg != NULL ? msg : "(non-string error)");
+    }
+    if (sent < 0) {
+        sent = 500;
+        send_json_error(r->req, r->request_id, 500, "Internal server error");
+    }
+    log_request(r, sent, user_id);
+}
+
+static void on_request_timeout(host_timer_t *timer)
+{
+    request_rec_t *r = timer->data;
+    if (r->co == NULL)
+        return;
+    host_co_t *co = r->co;
+    r->co = NULL;
+    co->owner = NULL;
+    host_co_destroy(co);
+    send_json_error(r->req, r->request_id, 504, "Request timed out");
+    log_request(r, 504, NULL);
+}
+
+static void on_request_dispose(void *p)
+{
+    request_rec_t *r = p;
+    host_timer_stop(r->worker->timers, &r->timeout);
+    if (r->co != NULL) {
+        /* The client disconnected before the handler finished: cancel its I/O. */
+        host_co_t *co = r->co;
+        r->co = NULL;
+        co->owner = NULL;
+        if (!co->running)
+            host_co_destroy(co);
+    }
+}
+
+/* Pushes the Lua request table onto L. */
+static void push_request(lua_State *L, h2o_req_t *req, request_rec_t *r)
+{
+    lua_createtable(L, 0, 10);
+    lua_pushlstring(L, req->method.base, req->method.len);
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, req->path_normalized.base, req->path_normalized.len);
+    lua_setfield(L, -2, "path");
+    if (req->query_at != SIZE_MAX) {
+        lua_pushlstring(L, req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
+        lua_setfield(L, -2, "query");
+    }
+    lua_createtable(L, 0, (int)req->headers.size);
+    for (size_t i = 0; i != req->headers.size; ++i) {
+        h2o_header_t *h = req->headers.entries + i;
+        lua_pushlstring(L, h->name->base, h->name->len); /* names are lower-case in h2o */
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isstring(L, -1)) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h->value.base, h->value.len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h->value.base, h->value.len);
+        }
+        lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+    if (req->entity.base != NULL) {
+        lua_pushlstring(L, req->entity.base, req->entity.len);
+        lua_setfield(L, -2, "body");
+    }
+    struct sockaddr_storage ss;
+    socklen_t sslen = req->conn->callbacks->get_peername(req->conn, (void *)&ss);
+    char addr[NI_MAXHOST] = "unknown";
+    if (sslen > 0)
+        getnameinfo((void *)&ss, sslen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST);
+    lua_pushstring(L, addr);
+    lua_setfield(L, -2, "remote_addr");
+    lua_pushstring(L, r->request_id);
+    lua_setfield(L, -2, "request_id");
+    lua_pushstring(L, req->scheme == &H2O_URL_SCHEME_HTTPS ? "https" : "http");
+    lua_setfield(L, -2, "scheme");
+    lua_pushstring(L, req->version >= 0x200 ? "HTTP/2" : "HTTP/1.1");
+    lua_setfield(L, -2, "version");
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    host_worker_t *w = host_current_worker;
+    (void)self;
+    request_rec_t *r = h2o_mem_alloc_shared(&req->pool, sizeof(*r), on_request_dispose);
+    memset(r, 0, sizeof(*r));
+    r->req = req;
+    r->worker = w;
+    r->started_ms = host_now_ms();
+    r->started_us = now_us();
+    host_timer_init(&r->timeout, on_request_timeout, r);
+    make_request_id(w, r->request_id);
+
+    size_t header_bytes = 0;
+    for (size_t i = 0; i != req->headers.size; ++i)
+        header_bytes += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
+    if (req->headers.size > (size_t)host_config.max_header_count || header_bytes > host_config.max_header_bytes) {
+        send_json_error(req, r->request_id, 431, "Request header fields too large");
+        log_request(r, 431, NULL);
+        return 0;
+    }
+    if (req->entity.base != NULL && req->entity.len > host_config.max_body) {
+        send_json_error(req, r->request_id, 413, "Request body too large");
+        log_request(r, 413, NULL);
+        return 0;
+    }
+    if (w->draining) {
+        send_json_error(req, r->request_id, 503, "Server is shutting down");
+        log_request(r, 503, NULL);
+        return 0;
+    }
+
+    uint64_t deadline = r->started_ms + host_config.request_timeout_ms;
+    host_co_t *co = host_co_new(w, on_request_done, r, deadline);
+    if (co == NULL) {
+        send_json_error(req, r->request_id, 503, "Server overloaded");
+        log_request(r, 503, NULL);
+        return 0;
+    }
+    r->co = co;
+    host_timer_start(w->timers, &r->timeout, host_config.request_timeout_ms);
+    lua_rawgeti(co->L, LUA_REGISTRYINDEX, co->gen->handle_ref);
+    push_request(co->L, req, r);
+    host_co_resume(co, 1);
+    return 0;
+}
+
+static void on_connection_close(void *data)
+{
+    (void)data;
+    atomic_fetch_sub(&host_open_connections, 1);
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    host_worker_t *w = listener->data;
+    if (err != NULL)
+        return;
+    for (int i = 0; i < 16; ++i) {
+        h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+        if (sock == NULL)
+            return;
+        if (atomic_fetch_add(&host_open_connections, 1) >= host_config.max_connections) {
+            atomic_fetch_sub(&host_open_connections, 1);
+            h2o_socket_close(sock);
+            continue;
+        }
+        sock->on_close.cb = on_connection_close;
+        sock->on_close.data = w;
+        h2o_accept(&w->accept_ctx, sock);
+    }
+}
+
+static void worker_reload(host_worker_t *w)
+{
+    char err[2048];
+    host_gen_t *gen = host_vm_build("app.server", "handle", err, sizeof(err));
+    if (gen == NULL) {
+        host_log("error", "worker %d: reload failed, keeping generation %u: %s", w->index, w->gen->id, err);
+        return;
+    }
+    host_gen_t *old = w->gen;
+    w->gen = gen;
+    old->retired = 1;
+    if (old->refs == 0)
+        host_vm_close(old);
+}
+
+static void close_listener(host_worker_t *w)
+{
+    if (w->listener != NULL) {
+        h2o_socket_read_stop(w->listener);
+        h2o_socket_close(w->listener);
+        w->listener = NULL;
+    }
+}
+
+static void on_control(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    host_worker_t *w = H2O_STRUCT_FROM_MEMBER(host_worker_t, control, receiver);
+    while (!h2o_linklist_is_empty(messages)) {
+        control_msg_t *msg = H2O_STRUCT_FROM_MEMBER(control_msg_t, super.link, messages->next);
+        h2o_linklist_unlink(&msg->super.link);
+        if (msg->type == CONTROL_RELOAD) {
+            worker_reload(w);
+        } else if (msg->type == CONTROL_DRAIN && !w->draining) {
+            w->draining = 1;
+            w->drain_deadline_ms = host_now_ms() + host_config.drain_timeout_ms;
+            close_listener(w);
+            h2o_context_request_shutdown(&w->ctx);
+        }
+        free(msg);
+    }
+}
+
+static int create_listener(void)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", host_config.port);
+    int rc = getaddrinfo(host_config.host, port, &hints, &res);
+    if (rc != 0) {
+        host_log("error", "cannot resolve HOST %s: %s", host_config.host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int on = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+        host_log("error", "cannot listen on %s:%d: %s", host_config.host, host_config.port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    freeaddrinfo(res);
+    return fd;
+}
+
+int host_server_init(void)
+{
+    h2o_config_init(&globalconf);
+    globalconf.server_name = h2o_iovec_init(H2O_STRLIT("aicode"));
+    /* h2o's default is 1 GiB; keep a little headroom so our own 413 (JSON) answers. */
+    globalconf.max_request_entity_size = host_config.max_body;
+    globalconf.http1.req_timeout = host_config.idle_timeout_ms;
+    globalconf.http2.idle_timeout = host_config.idle_timeout_ms;
+    h2o_hostconf_t *hostconf = h2o_config_register_host(&globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);
+    h2o_handler_t *handler = h2o_create_handler(pathconf, sizeof(*handler));
+    handler->on_req = on_req;
+
+    if (host_config.tls_cert != NULL) {
+        ssl_ctx = SSL_CTX_new(TLS_server_method());
+        SSL_CTX_set_min_proto_version(ssl_ctx, TLS1_2_VERSION);
+        SSL_CTX_set_options(ssl_ctx, SSL_OP_NO_COMPRESSION);
+        if (SSL_CTX_use_certificate_chain_file(ssl_ctx, host_config.tls_cert) != 1 ||
+            SSL_CTX_use_PrivateKey_file(ssl_ctx, host_config.tls_key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(ssl_ctx) != 1) {
+            host_log("error", "cannot load TLS_CERT/TLS_KEY");
+            return -1;
+        }
+        h2o_ssl_register_alpn_protocols(ssl_ctx, h2o_http2_alpn_protocols);
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    host_worker_t *w = arg;
+    host_current_worker = w;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are handled by the main thread */
+
+    while (!w->draining || w->inflight != 0) {
+        h2o_evloop_run(w->loop, 50);
+        if (w->draining && host_now_ms() > w->drain_deadline_ms) {
+            host_log("warn", "worker %d: drain timeout with %zu requests in flight", w->index, w->inflight);
+            break;
+        }
+    }
+    /* Let the last responses reach their sockets before the process exits. */
+    uint64_t flush_until = host_now_ms() + 200;
+    while (host_now_ms() < flush_until && atomic_load(&host_open_connections) != 0)
+        h2o_evloop_run(w->loop, 20);
+    return NULL;
+}
+
+int host_server_start(void)
+{
+    nworkers = host_config.workers;
+    workers = calloc((size_t)nworkers, sizeof(*workers));
+    for (int i = 0; i < nworkers; ++i) {
+        host_worker_t *w = &workers[i];
+        char err[4096];
+        w->index = i;
+        getrandom(&w->request_id_salt, sizeof(w->request_id_salt), 0);
+        w->loop = h2o_evloop_create();
+        h2o_context_init(&w->ctx, w->loop, &globalconf);
+        w->accept_ctx.ctx = &w->ctx;
+        w->accept_ctx.hosts = globalconf.hosts;
+        w->accept_ctx.ssl_ctx = ssl_ctx;
+        w->timers = host_timers_create(w->loop);
+        /* Build on this thread but mark the worker current so modules see their owner. */
+        host_current_worker = w;
+        w->http = host_http_create(w);
+        w->gen = host_vm_build("app.server", "handle", err, sizeof(err));
+        host_current_worker = NULL;
+        if (w->timers == NULL || w->http == NULL || w->gen == NULL) {
+            host_log("error", "cannot start worker %d: %s", i, w->gen == NULL ? err : "out of resources");
+            return -1;
+        }
+        int fd = create_listener();
+        if (fd < 0)
+            return -1;
+        w->listener = h2o_evloop_socket_create(w->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+        w->listener->data = w;
+        h2o_socket_read_start(w->listener, on_accept);
+        w->queue = h2o_multithread_create_queue(w->loop);
+        h2o_multithread_register_receiver(w->queue, &w->control, on_control);
+    }
+    for (int i = 0; i < nworkers; ++i)
+        pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
+    return 0;
+}
+
+static void broadcast(int type)
+{
+    for (int i = 0; i < nworkers; ++i) {
+        control_msg_t *msg = calloc(1, sizeof(*msg));
+        msg->type = type;
+        h2o_multithread_send_message(&workers[i].control, &msg->super);
+    }
+}
+
+void host_server_reload(void)
+{
+    char err[4096];
+    pthread_mutex_lock(&reload_lock);
+    /* Validate once off to the side so a broken edit is reported once, not per worker. */
+    host_gen_t *probe = host_vm_build("app.server", "handle", err, sizeof(err));
+    if (probe == NULL) {
+        host_log("error", "reload rejected, old code keeps serving: %s", err);
+    } else {
+        host_vm_close(probe);
+        ++host_reload_count;
+        broadcast(CONTROL_RELOAD);
+        host_log("info", "scripts reloaded");
+    }
+    pthread_mutex_unlock(&reload_lock);
+}
+
+void host_server_drain_and_stop(void)
+{
+    host_log("info", "draining: no new connections, waiting for in-flight requests");
+    broadcast(CONTROL_DRAIN);
+    for (int i = 0; i < nworkers; ++i)
+        pthread_join(workers[i].thread, NULL);
+    host_log("info", "stopped");
+}

@@ -1,0 +1,39 @@
+-- CLI commands implemented in Lua (called by bin/aicode outside any request):
+--   token USER_ID   -> JSON {"access_token","refresh_token","expires_in"}
+--   check-config    -> "configuration ok" or a list of problems
+local host = require "host"
+local auth = require "app.auth"
+local config = require "app.config"
+local store = require "app.store"
+local validate = require "app.validate"
+
+local _M = {}
+
+local commands = {}
+
+function commands.token(user_id)
+    if not validate.is_uuid(user_id) then
+        return nil, "aicode token: --user must be a UUID (the Supabase auth user id)"
+    end
+    user_id = user_id:lower()
+    local user, err = store:ensure_user(user_id, {})
+    if not user then return nil, "aicode token: store error: " .. tostring(err) end
+    return host.json.encode(auth.issue_pair(user_id))
+end
+
+function commands.check_config()
+    local problems = config.problems()
+    local ok, err = store:ping()
+    if not ok then problems[#problems + 1] = "store: " .. tostring(err) end
+    if #problems == 0 then return "configuration ok" end
+    return nil, table.concat(problems, "\n")
+end
+commands["check-config"] = commands.check_config
+
+function _M.run(cmd, ...)
+    local fn = commands[cmd]
+    if not fn then return nil, "unknown command " .. tostring(cmd) end
+    return fn(...)
+end
+
+return _M

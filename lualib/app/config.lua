@@ -1,0 +1,83 @@
+-- Settings the Lua side reads, with defaults and validation. The C host reads
+-- its own (HOST, PORT, limits, TLS); see the README's configuration table.
+-- Secret values (keys, JWT secrets) are never readable here: host.env refuses them,
+-- and only their presence is checked.
+local host = require "host"
+
+local _M = {}
+
+local function env(name, default)
+    local v = host.env(name)
+    if v == nil or v == "" then return default end
+    return v
+end
+
+local function int_setting(name, default, min, max, problems)
+    local raw = env(name)
+    if raw == nil then return default end
+    local n = math.tointeger(tonumber(raw))
+    if not n or n < min or n > max then
+        problems[#problems + 1] = string.format("%s must be an integer between %d and %d (got %q)",
+            name, min, max, raw:sub(1, 40))
+        return default
+    end
+    return n
+end
+
+local function split_list(s)
+    local list = {}
+    for item in (s or ""):gmatch("[^,]+") do
+        item = item:match("^%s*(.-)%s*$")
+        if item ~= "" then list[#list + 1] = item end
+    end
+    return list
+end
+
+-- Reads everything once per generation; returns settings, problems.
+local function read()
+    local problems = {}
+    local s = {}
+    s.cors_origins = split_list(env("CORS_ORIGINS", "http://localhost:3000"))
+    for _, origin in ipairs(s.cors_origins) do
+        if origin ~= "*" and not origin:match("^https?://[%w%.%-]+:?%d*$") then
+            problems[#problems + 1] = "CORS_ORIGINS: not an origin (scheme://host[:port]): " .. origin:sub(1, 80)
+        end
+    end
+    s.rate_limit_user = int_setting("RATE_LIMIT_PER_MINUTE", 600, 0, 10000000, problems)
+    s.rate_limit_ip = int_setting("RATE_LIMIT_IP_PER_MINUTE", 120, 0, 10000000, problems)
+    s.trust_proxy = env("TRUST_PROXY", "0") == "1"
+    s.trust_client_user_id = env("AUTH_TRUST_CLIENT_USER_ID", "0") == "1"
+    s.supabase_url = env("SUPABASE_URL")
+    s.supabase_hs256 = env("AICODE_SUPABASE_JWT_MODE") == "hs256"
+    s.jwks_cache_seconds = int_setting("JWKS_CACHE_SECONDS", 600, 10, 86400, problems)
+    if s.supabase_url then
+        s.supabase_url = s.supabase_url:gsub("/+$", "")
+        if not s.supabase_url:match("^https://[^/]+$") and not s.supabase_url:match("^http://127%.0%.0%.1:%d+$")
+            and not s.supabase_url:match("^http://localhost:%d+$") then
+            problems[#problems + 1] = "SUPABASE_URL must be https://<project>.supabase.co (plain http only on loopback)"
+        end
+    end
+    s.store = env("AICODE_STORE", "sqlite")
+    if s.store ~= "sqlite" then
+        problems[#problems + 1] = "AICODE_STORE must be 'sqlite' (the Supabase store is not available yet)"
+    end
+    s.access_ttl = 60 * int_setting("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 1440, problems)
+    s.environment = env("ENVIRONMENT", "development")
+    return s, problems
+end
+
+local settings, problems = read()
+
+function _M.get()
+    return settings
+end
+
+function _M.problems()
+    return problems
+end
+
+function _M.supabase_auth_enabled()
+    return settings.supabase_hs256 or settings.supabase_url ~= nil
+end
+
+return _M

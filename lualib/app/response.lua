@@ -1,0 +1,27 @@
+-- Response helpers: every body is JSON, encoded by host.json (integers stay
+-- integers, empty arrays stay [], keys sorted).
+local host = require "host"
+
+local json = host.json
+
+local _M = {}
+
+local JSON_TYPE = "application/json"
+
+function _M.json(status, body, headers)
+    local text, err = json.encode(body)
+    if not text then
+        error("response body is not encodable: " .. tostring(err), 2)
+    end
+    local h = { ["content-type"] = JSON_TYPE }
+    if headers then
+        for k, v in pairs(headers) do h[k] = v end
+    end
+    return { status = status, headers = h, body = text }
+end
+
+function _M.error(status, message, request_id, headers)
+    return _M.json(status, { error = message, request_id = request_id }, headers)
+end
+
+return _M

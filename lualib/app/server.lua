@@ -1,0 +1,122 @@
+-- The request pipeline, called by the C host once per request in its own
+-- coroutine: CORS → route → rate limit → auth → body → handler → JSON response.
+-- Handlers return `status, body_table[, headers]` and raise app.errors for 4xx.
+local host = require "host"
+local config = require "app.config"
+local cors = require "app.cors"
+local errors = require "app.errors"
+local ratelimit = require "app.ratelimit"
+local response = require "app.response"
+local router_mod = require "app.router"
+local auth = require "app.auth"
+
+local json = host.json
+
+local _M = {}
+
+local BODY_METHODS = { POST = true, PUT = true, PATCH = true }
+
+-- Load phase: build the router from scripts/init.lua. A bad declaration fails
+-- the whole generation, so a broken edit never replaces working code.
+local app_routes = require "init"
+local router = router_mod.new()
+for _, r in ipairs(app_routes.routes) do
+    local module_name, fn_name = r.handler:match("^(.+)%.([%w_]+)$")
+    local mod = require(module_name)
+    local fn = mod[fn_name]
+    if type(fn) ~= "function" then
+        error("route " .. r.method .. " " .. r.path .. ": handler " .. r.handler .. " is not a function")
+    end
+    r.fn = fn
+    router:add(r.method, r.path, r)
+    if r.unprefixed then
+        router:add(r.method, (r.path:gsub("^/api", "")), r)
+    end
+end
+_M.router = router
+
+local function client_ip(req)
+    if config.get().trust_proxy and req.headers["x-forwarded-for"] then
+        return req.headers["x-forwarded-for"]:match("^%s*([^,%s]+)") or req.remote_addr
+    end
+    return req.remote_addr
+end
+
+local function traceback(err)
+    if errors.is_error(err) then return err end
+    return { bug = true, message = host.traceback(tostring(err)) }
+end
+
+local function parse_body(req, route)
+    if not BODY_METHODS[req.method] or route.body == false then return end
+    local body = req.body
+    if body == nil or body == "" then
+        req.json = nil
+        return
+    end
+    local ctype = req.headers["content-type"] or ""
+    local media = ctype:match("^%s*([^;%s]+)") or ""
+    if media:lower() ~= "application/json" then
+        errors.raise(415, "Content-Type must be application/json")
+    end
+    local value, err = json.decode(body)
+    if value == nil and err then
+        errors.bad_request("Invalid JSON: " .. err)
+    end
+    req.json = value
+end
+
+local function run(req)
+    local origin = req.headers.origin
+    if cors.is_preflight(req) then
+        local h = cors.preflight_headers(origin)
+        if not h then errors.raise(403, "Origin not allowed") end
+        return { status = 204, headers = h, body = "" }
+    end
+
+    local route, params, allowed = router:match(req.method, req.path)
+    if not route then
+        if params == "method_not_allowed" then
+            errors.raise(405, "Method not allowed", { allow = table.concat(allowed, ", ") })
+        end
+        errors.not_found("Not found")
+    end
+    req.params = params
+
+    if route.auth == "user" then
+        local user_id = auth.authenticate(auth.bearer_token(req))
+        req.user_id = user_id
+        local ok, retry = ratelimit.check_user(user_id)
+        if not ok then errors.raise(429, "Rate limit exceeded", { ["retry-after"] = tostring(retry) }) end
+    elseif route.rate ~= "none" then
+        local ok, retry = ratelimit.check_ip(client_ip(req))
+        if not ok then errors.raise(429, "Rate limit exceeded", { ["retry-after"] = tostring(retry) }) end
+    end
+
+    parse_body(req, route)
+    local status, body, headers = route.fn(req)
+    if type(status) == "table" then return status end -- a raw response (e.g. static JSON)
+    return response.json(status, body, headers)
+end
+
+-- Entry point from C. Never raises: every failure becomes a JSON error response.
+function _M.handle(req)
+    local ok, res = xpcall(run, traceback, req)
+    if not ok then
+        if errors.is_error(res) then
+            res = response.error(res.status, res.message, req.request_id, res.headers)
+        else
+            host.log("error", "unhandled error in route", { request_id = req.request_id,
+                error = res.message, path = req.path })
+            res = response.error(500, "Internal server error", req.request_id)
+        end
+    end
+    local extra = cors.response_headers(req.headers.origin)
+    if extra then
+        for k, v in pairs(extra) do res.headers[k] = v end
+    end
+    res.user_id = req.user_id
+    return res
+end
+
+return _M

@@ -1,0 +1,28 @@
+-- Route declarations: the whole API surface in one place. Loaded once per
+-- generation (no I/O here). Each route names its handler as "module.function";
+-- auth = "user" requires a valid access token; rate = "none" exempts a route
+-- from the per-IP limiter; unprefixed = true also serves it without "/api"
+-- (the paths the original README lists).
+return {
+    routes = {
+        { method = "GET", path = "/", handler = "routes.health.root", rate = "none" },
+        { method = "GET", path = "/ping", handler = "routes.health.ping", rate = "none" },
+        { method = "GET", path = "/health", handler = "routes.health.health", rate = "none" },
+        { method = "GET", path = "/api/openapi.json", handler = "routes.docs.openapi", rate = "none" },
+
+        { method = "POST", path = "/api/auth/token", handler = "routes.auth.token" },
+        { method = "POST", path = "/api/auth/refresh", handler = "routes.auth.refresh" },
+        { method = "GET", path = "/api/auth/verify", handler = "routes.auth.verify", auth = "user" },
+
+        { method = "GET", path = "/api/projects", handler = "routes.projects.list", auth = "user", unprefixed = true },
+        { method = "POST", path = "/api/projects", handler = "routes.projects.create", auth = "user", unprefixed = true },
+        { method = "GET", path = "/api/projects/<int:id>", handler = "routes.projects.get", auth = "user",
+            unprefixed = true },
+        { method = "PUT", path = "/api/projects/<int:id>", handler = "routes.projects.update", auth = "user",
+            unprefixed = true },
+        { method = "DELETE", path = "/api/projects/<int:id>", handler = "routes.projects.delete", auth = "user",
+            unprefixed = true },
+        { method = "GET", path = "/api/projects/<int:id>/tasks", handler = "routes.projects.tasks", auth = "user",
+            unprefixed = true },
+    },
+}

@@ -1,0 +1,45 @@
+-- GET /, GET /ping (as in the original) and GET /health (new).
+local host = require "host"
+local store = require "app.store"
+
+local json = host.json
+
+local _M = {}
+
+function _M.root()
+    return 200, {
+        status = "success",
+        message = "Claude Code Automation API",
+        endpoints = json.array { "/ping", "/start-task", "/task-status", "/git-diff", "/create-pr" },
+    }
+end
+
+function _M.ping()
+    return 200, { status = "success", message = "pong", timestamp = host.now() }
+end
+
+-- Sandbox providers the host can use on this machine (the task engine adds
+-- its agents here when it lands).
+local function sandbox_providers()
+    local bwrap = host.find_executable("bwrap")
+    return { ["local"] = { kind = "bubblewrap", available = bwrap ~= nil } }
+end
+
+function _M.health()
+    local ok, err = store:ping()
+    local body = {
+        status = ok and "ok" or "unavailable",
+        version = host.info.version,
+        uptime_seconds = math.floor(host.now() - host.info.started_at),
+        store = { backend = "sqlite", reachable = ok == true },
+        sandbox_providers = sandbox_providers(),
+        agents = json.array {},
+    }
+    if not ok then
+        host.log("warn", "health check: store unreachable", { error = tostring(err) })
+        return 503, body
+    end
+    return 200, body
+end
+
+return _M
