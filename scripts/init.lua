@@ -8,6 +8,8 @@ return {
         { method = "GET", path = "/", handler = "routes.health.root", rate = "none" },
         { method = "GET", path = "/ping", handler = "routes.health.ping", rate = "none" },
         { method = "GET", path = "/health", handler = "routes.health.health", rate = "none" },
+        { method = "GET", path = "/api/ping", handler = "routes.health.ping", rate = "none" },
+        { method = "GET", path = "/api/health", handler = "routes.health.health", rate = "none" },
         { method = "GET", path = "/api/openapi.json", handler = "routes.docs.openapi", rate = "none" },
 
         { method = "POST", path = "/api/auth/token", handler = "routes.auth.token" },

@@ -12,9 +12,14 @@ string.dump = nil
 -- Scripts must not reach the real string table through ("").__index.
 getmetatable("").__metatable = false
 
+-- Tables scripts must not write to even with rawset (see env.rawset below).
+local sealed = setmetatable({}, { __mode = "k" })
+
 -- Read-only views: writes raise, so one script cannot change another's stdlib.
 local function frozen(t, name)
-    return setmetatable({}, {
+    local view = {}
+    sealed[view] = true
+    return setmetatable(view, {
         __index = t,
         __newindex = function(_, k)
             error("attempt to modify read-only table '" .. name .. "' (key '" .. tostring(k) .. "')", 2)
@@ -58,6 +63,14 @@ env.table = frozen(copy(table), "table")
 env.math = frozen(copy(math), "math")
 env.utf8 = frozen(copy(utf8), "utf8")
 env.os = frozen({ time = os.time, clock = os.clock, date = os.date }, "os")
+-- The read-only views and the sealed globals work through __newindex, which plain
+-- rawset bypasses: rawset(string, "format", f) or rawset(host.http, "request", f)
+-- would replace the function for every later request on this VM, and
+-- rawset(_ENV, k, v) would add a global. rawset stays available for scripts' own tables.
+env.rawset = function(t, k, v)
+    if sealed[t] then error("attempt to rawset a read-only table", 2) end
+    return rawset(t, k, v)
+end
 
 local loaded, loading = { host = host_view }, {}
 
@@ -94,6 +107,7 @@ local function require(name)
 end
 env.require = require
 
+sealed[env] = true
 setmetatable(env, {
     __index = function(_, k) error("undefined global '" .. tostring(k) .. "'", 2) end,
     __newindex = function(_, k) error("assignment to undeclared global '" .. tostring(k) .. "'", 2) end,

@@ -12,6 +12,7 @@
 
 #include "host/config.h"
 #include "host/core.h"
+#include "host/log.h"
 #include "host/sched.h"
 
 double host_started_at;
@@ -65,6 +66,71 @@ static int l_sleep(lua_State *L)
     host_timer_init(&op->timer, on_sleep_done, op);
     host_timer_start(co->worker->timers, &op->timer, (uint64_t)(s * 1000));
     return host_co_yield_op(L, op, sleep_cancel);
+}
+
+/* --- host.spawn: background coroutines (task runners, pollers) --- */
+
+typedef struct {
+    host_timer_t timer;
+    host_co_t *co;
+    int nargs;
+} spawn_start_t;
+
+static void on_background_done(host_co_t *co, int status, int nresults)
+{
+    (void)nresults;
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(co->L, -1);
+        host_log("error", "background coroutine failed: %s", msg != NULL ? msg : "(non-string error)");
+    }
+}
+
+static void on_spawn_start(host_timer_t *timer)
+{
+    spawn_start_t *s = timer->data;
+    host_co_t *co = s->co;
+    int nargs = s->nargs;
+    free(s);
+    host_co_resume(co, nargs);
+}
+
+static int l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    host_worker_t *w = host_current_worker;
+    host_co_t *self = host_co_current(L);
+    host_gen_t *gen = self != NULL ? self->gen : (w != NULL ? w->gen : NULL);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    lua_State *main_state = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    /* The new coroutine must live in the caller's own VM (e.g. not a generation
+     * that is still loading while the worker runs the previous one). */
+    if (w == NULL || gen == NULL || main_state != gen->L)
+        return luaL_error(L, "host.spawn can only be used on a worker thread's current VM");
+    spawn_start_t *s = malloc(sizeof(*s));
+    host_co_t *co = s != NULL ? host_co_new_on(w, gen, on_background_done, NULL, 0, 1) : NULL;
+    if (co == NULL) {
+        free(s);
+        return luaL_error(L, "out of memory");
+    }
+    int nargs = lua_gettop(L) - 1;
+    lua_xmove(L, co->L, nargs + 1); /* function and arguments, same global state */
+    s->co = co;
+    s->nargs = nargs;
+    /* Start on the next loop iteration, never nested inside the caller's resume. */
+    host_timer_init(&s->timer, on_spawn_start, s);
+    host_timer_start(w->timers, &s->timer, 0);
+    return 0;
+}
+
+/* host.is_current_generation(): false once a reload has replaced this code, so a
+ * long-running loop can hand over to the new generation's copy of itself. */
+static int l_is_current_generation(lua_State *L)
+{
+    host_worker_t *w = host_current_worker;
+    host_co_t *self = host_co_current(L);
+    lua_pushboolean(L, w != NULL && self != NULL && self->gen == w->gen);
+    return 1;
 }
 
 /* Names whose values the C host keeps away from scripts. */
@@ -292,6 +358,8 @@ int host_open_core(lua_State *L)
                                      {"random_hex", l_random_hex},
                                      {"traceback", l_traceback},
                                      {"find_executable", l_find_executable},
+                                     {"spawn", l_spawn},
+                                     {"is_current_generation", l_is_current_generation},
                                      {NULL, NULL}};
     static const luaL_Reg shared[] = {{"incr", l_shared_incr}, {"get", l_shared_get}, {NULL, NULL}};
     luaL_newlib(L, funcs);

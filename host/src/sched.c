@@ -26,10 +26,16 @@ host_co_t *host_co_current(lua_State *L)
 
 host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner, uint64_t deadline_ms)
 {
+    return host_co_new_on(w, w->gen, on_done, owner, deadline_ms, 0);
+}
+
+host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_done, void *owner,
+                          uint64_t deadline_ms, int background)
+{
     host_co_t *co = calloc(1, sizeof(*co));
     if (co == NULL)
         return NULL;
-    host_gen_t *gen = w->gen;
+    co->background = background;
     co->gen = gen;
     co->worker = w;
     co->on_done = on_done;
@@ -40,7 +46,8 @@ host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner, u
     *(host_co_t **)lua_getextraspace(co->L) = co;
     lua_sethook(co->L, on_count_hook, LUA_MASKCOUNT, DEADLINE_CHECK_INSTRUCTIONS);
     ++gen->refs;
-    ++w->inflight;
+    if (!background)
+        ++w->inflight;
     return co;
 }
 
@@ -48,11 +55,13 @@ static void co_free(host_co_t *co)
 {
     host_gen_t *gen = co->gen;
     host_worker_t *w = co->worker;
+    int background = co->background;
     *(host_co_t **)lua_getextraspace(co->L) = NULL;
     lua_resetthread(co->L); /* runs pending to-be-closed variables */
     luaL_unref(gen->L, LUA_REGISTRYINDEX, co->ref);
     free(co);
-    --w->inflight;
+    if (!background)
+        --w->inflight;
     host_gen_release(gen);
 }
 

@@ -341,6 +341,55 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     return 0;
 }
 
+/*
+ * h2o answers some malformed requests itself, before any handler runs (a body over
+ * max_request_entity_size, broken chunked encoding, an unknown Expect), with a
+ * text/plain body. Those responses are bound to the host's fallback path, so a
+ * filter there rewrites them into the API's JSON error shape.
+ */
+typedef struct {
+    h2o_ostream_t super;
+    h2o_iovec_t json;
+} json_error_ostream_t;
+
+static void json_error_do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
+                               h2o_send_state_t state)
+{
+    json_error_ostream_t *o = (json_error_ostream_t *)self;
+    (void)bufs;
+    (void)bufcnt;
+    /* h2o_send_inline delivers the whole text body in one final call: swap it. */
+    h2o_ostream_send_next(&o->super, req, &o->json, o->json.len != 0 ? 1 : 0, state);
+    o->json.len = 0;
+}
+
+static void on_setup_error_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    (void)self;
+    if (req->res.status >= 400) {
+        char request_id[17] = "0000000000000000";
+        if (host_current_worker != NULL)
+            make_request_id(host_current_worker, request_id);
+        const char *msg = req->res.status == 413 ? "Request body too large" : req->res.reason;
+        char *body = h2o_mem_alloc_pool(&req->pool, 256);
+        int n = snprintf(body, 256, "{\"error\":\"%s\",\"request_id\":\"%s\"}", msg, request_id);
+        h2o_headers_t *headers = &req->res.headers;
+        for (size_t i = 0; i != headers->size; ++i)
+            if (headers->entries[i].name == &H2O_TOKEN_CONTENT_TYPE->buf)
+                headers->entries[i].value = h2o_iovec_init(H2O_STRLIT("application/json"));
+        h2o_add_header_by_str(&req->pool, headers, H2O_STRLIT("x-request-id"), 0, NULL,
+                              h2o_strdup(&req->pool, request_id, 16).base, 16);
+        req->res.content_length = (size_t)n;
+        json_error_ostream_t *o = (void *)h2o_add_ostream(req, sizeof(*o), slot);
+        o->super.do_send = json_error_do_send;
+        o->json = h2o_iovec_init(body, (size_t)n);
+        host_log_request(request_id, req->method.base, req->method.len, req->path.base,
+                         req->query_at != SIZE_MAX ? req->query_at : req->path.len, req->res.status, 0, NULL);
+        slot = &o->super.next;
+    }
+    h2o_setup_next_ostream(req, slot);
+}
+
 static void on_connection_close(void *data)
 {
     (void)data;
@@ -448,6 +497,8 @@ int host_server_init(void)
     h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(pathconf, sizeof(*handler));
     handler->on_req = on_req;
+    h2o_filter_t *error_filter = h2o_create_filter(&hostconf->fallback_path, sizeof(*error_filter));
+    error_filter->on_setup_ostream = on_setup_error_ostream;
 
     if (host_config.tls_cert != NULL) {
         ssl_ctx = SSL_CTX_new(TLS_server_method());

@@ -14,6 +14,8 @@
 #include "host/json.h"
 #include "host/jwt.h"
 #include "host/log.h"
+#include "host/process.h"
+#include "host/secret.h"
 #include "host/sqlite.h"
 #include "host/vm.h"
 
@@ -87,6 +89,10 @@ static void push_host_table(lua_State *L)
     lua_setfield(L, -2, "http");
     host_open_log(L);
     lua_setfield(L, -2, "log");
+    host_open_process(L);
+    lua_setfield(L, -2, "process");
+    host_open_secret(L);
+    lua_setfield(L, -2, "secret");
 }
 
 static int on_load_error(lua_State *L)

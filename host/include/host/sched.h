@@ -37,6 +37,7 @@ struct host_co_t {
     void *owner;          /* the request record, for on_done */
     uint64_t deadline_ms; /* monotonic; the count hook aborts CPU-bound code past it */
     int running;          /* inside lua_resume: completions must not re-enter */
+    int background;       /* not a request: excluded from worker->inflight */
 };
 
 /**
@@ -44,6 +45,15 @@ struct host_co_t {
  * must then be pushed onto co->L, followed by its arguments.
  */
 host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner, uint64_t deadline_ms);
+
+/**
+ * Like host_co_new, on an explicit generation: a coroutine spawned from Lua must
+ * live in the same lua_State as its function. Background coroutines (owner NULL,
+ * `background` set) are not counted as in-flight requests, so a drain does not
+ * wait for them; durable work they do must survive being cut off.
+ */
+host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_done, void *owner,
+                          uint64_t deadline_ms, int background);
 
 /** Starts or continues the coroutine with `nargs` values on its stack. */
 void host_co_resume(host_co_t *co, int nargs);

@@ -1,0 +1,26 @@
+/*
+ * host.secret(name): an opaque handle to a secret environment variable.
+ *
+ * Scripts can pass a handle where a secret is needed (host.process env values,
+ * host.http header values) without ever holding the value as a Lua string: the C
+ * side resolves it at the moment of use. tostring(handle) is "[secret NAME]" and
+ * handles cannot be concatenated, so a secret cannot leak into a log line or a
+ * response by accident.
+ *   h, err = host.secret("ANTHROPIC_API_KEY")   -- nil, "ANTHROPIC_API_KEY is not set"
+ */
+#ifndef HOST_SECRET_H
+#define HOST_SECRET_H
+
+#include <stddef.h>
+#include <lua.h>
+
+/** Pushes host.secret (a function). */
+int host_open_secret(lua_State *L);
+
+/**
+ * If the value at idx is a secret handle, returns its value (owned by the
+ * environment; do not free) and sets *len; otherwise NULL.
+ */
+const char *host_secret_value(lua_State *L, int idx, size_t *len);
+
+#endif
