@@ -14,8 +14,12 @@
 #
 # Knobs (environment): ROUNDS=2 DURATION=10s WARMUP=2s WRK_THREADS=2 CONNECTIONS=64
 #   WORKERS=$(nproc) PROJECTS=50 IDLE_SETTLE=2 BARE_CHUNKED_ROW=1
-#   BENCH_PERF=1  after the rounds, profile aicode with `perf record` under the same
-#                 load (/ping and /api/projects) and write perf reports to the results.
+#   QUIET_WAIT=120 QUIET_MAX_CORES=0.15  before each measurement, wait until the rest
+#                 of the machine is idle (other engineers share it); the report shows
+#                 how much CPU other processes used during each run anyway.
+#   BENCH_PERF=1  after the rounds, profile aicode with `perf record` (PERF_SECONDS=5,
+#                 DWARF call graphs) under the same load (/ping and /api/projects) and
+#                 write self/inclusive reports to the results (BENCH_PERF_KEEP=1 keeps perf.data).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,6 +35,9 @@ PROJECTS=${PROJECTS:-50}
 IDLE_SETTLE=${IDLE_SETTLE:-2}
 BARE_CHUNKED_ROW=${BARE_CHUNKED_ROW:-1}
 BENCH_PERF=${BENCH_PERF:-0}
+PERF_SECONDS=${PERF_SECONDS:-5}
+QUIET_WAIT=${QUIET_WAIT:-120}
+QUIET_MAX_CORES=${QUIET_MAX_CORES:-0.15}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -133,25 +140,89 @@ log "raw results in $OUT"
     echo "settings: ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP WRK_THREADS=$WRK_THREADS" \
         "CONNECTIONS=$CONNECTIONS WORKERS=$WORKERS PROJECTS=$PROJECTS IDLE_SETTLE=$IDLE_SETTLE"
 } >"$OUT/machine.txt"
+
+# Other engineers edit and rebuild this tree while we run: benchmark a private
+# snapshot of the binary and of the Lua/SQL files it loads, taken right after the build.
+SNAP="$OUT/snapshot"
+mkdir -p "$SNAP"
+cp bin/aicode "$SNAP/aicode"
+cp -r scripts lualib db "$SNAP/"
+AICODE_BIN="$SNAP/aicode"
+echo "aicode binary sha256: $(sha256sum "$AICODE_BIN" | cut -c1-16)" >>"$OUT/machine.txt"
+export AICODE_SCRIPTS_DIR="$SNAP/scripts" AICODE_LUALIB_DIR="$SNAP/lualib" AICODE_DB_DIR="$SNAP/db"
 cat "$OUT/machine.txt" >&2
 
 # ---------------------------------------------------------------- wrk
-ROWS=()     # "round|case|rps|avg|p99|requests|non2xx|sockerr|bytes_per_resp"
+ROWS=() # "round|case|rps|avg|p99|requests|non2xx|sockerr|bytes/resp|server|wrk|irq|other ticks|bad"
 FAILURES=0
+CLK_TCK=$(getconf CLK_TCK)
+SERVER_PID="" # set while a server is under test: its CPU time is read around each wrk run
+
+sys_busy_ticks() { # all CPUs: user + nice + system + irq + softirq + steal
+    awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+mapfile -t KSOFTIRQD_PIDS < <(pgrep '^ksoftirqd/' || true)
+ksoftirqd_ticks() { # utime + stime of the ksoftirqd/N threads (loopback TCP work deferred to them)
+    local p sum=0
+    for p in "${KSOFTIRQD_PIDS[@]}"; do sum=$((sum + $(cpu_ticks "$p"))); done
+    echo "$sum"
+}
+
+# The machine is shared: before each measurement wait (at most QUIET_WAIT s)
+# until the other processes use less than QUIET_MAX_CORES cores.
+wait_quiet() {
+    local i b0 b1 used
+    for ((i = 0; i < QUIET_WAIT; i++)); do
+        b0=$(sys_busy_ticks)
+        sleep 1
+        b1=$(sys_busy_ticks)
+        used=$(awk -v d=$((b1 - b0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", d / hz}')
+        if awk -v u="$used" -v m="$QUIET_MAX_CORES" 'BEGIN {exit !(u < m)}'; then return 0; fi
+        ((i % 10 == 0)) && log "machine busy (other processes use $used cores), waiting up to ${QUIET_WAIT}s"
+    done
+    log "machine still busy after ${QUIET_WAIT}s; measuring anyway (see the 'other' CPU column)"
+}
+
+cpu_ticks() { # utime + stime of a process (all threads), in clock ticks
+    local stat
+    stat=$(<"/proc/$1/stat")
+    stat=${stat##*) }
+    awk '{print $12 + $13}' <<<"$stat"
+}
 
 # run_wrk round case url outfile [extra wrk args...]
 run_wrk() {
     local round=$1 name=$2 url=$3 file=$4
     shift 4
+    wait_quiet
     if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
         wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$@" "$url" >"$file.warmup" 2>&1 || true
     fi
     log "round $round: $name: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency $* $url"
     echo "# wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency $* $url" >"$file"
-    timeout 120 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >>"$file" 2>&1 ||
+    local t0 t1 b0 b1 i0 i1 ticks wrk_ticks irq other
+    b0=$(sys_busy_ticks)
+    i0=$(ksoftirqd_ticks)
+    t0=$(cpu_ticks "$SERVER_PID")
+    /usr/bin/time -f '%U %S' -o "$file.time" \
+        timeout 120 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >>"$file" 2>&1 ||
         { log "wrk failed, see $file"; FAILURES=$((FAILURES + 1)); }
+    t1=$(cpu_ticks "$SERVER_PID")
+    b1=$(sys_busy_ticks)
+    i1=$(ksoftirqd_ticks)
+    ticks=$((t1 - t0))
+    irq=$((i1 - i0))
+    wrk_ticks=$(awk -v hz="$CLK_TCK" 'END {printf "%d", ($1 + $2) * hz}' "$file.time")
+    other=$((b1 - b0 - ticks - wrk_ticks - irq))
+    ((other >= 0)) || other=0
+    {
+        echo "# CPU during the run (ticks, CLK_TCK=$CLK_TCK): server pid $SERVER_PID $ticks," \
+            "wrk $wrk_ticks, ksoftirqd $irq, whole machine $((b1 - b0)), other processes $other"
+    } >>"$file"
+    rm -f "$file.time"
     local row
-    row=$(awk -v round="$round" -v name="$name" '
+    row=$(awk -v round="$round" -v name="$name" -v ticks="$ticks" -v wrkt="$wrk_ticks" -v irq="$irq" -v other="$other" \
+        '
         function bytes(s,   n, u) {
             n = s + 0; u = s; sub(/^[0-9.]+/, "", u)
             if (u == "KB") n *= 1024; else if (u == "MB") n *= 1048576; else if (u == "GB") n *= 1073741824
@@ -167,8 +238,9 @@ run_wrk() {
         END {
             if (serr == "") { serr = "0"; serrsum = 0 }
             if (non2xx == "") non2xx = 0
-            printf "%s|%s|%.0f|%s|%s|%s|%s|%s|%.0f|%d\n", round, name, rps, lat, p99, reqs, non2xx, serr,
-                   (reqs > 0 ? rd / reqs : 0), (non2xx + serrsum > 0 || reqs == 0) }' "$file")
+            printf "%s|%s|%.0f|%s|%s|%s|%s|%s|%.0f|%s|%s|%s|%s|%d\n", round, name, rps, lat, p99, reqs,
+                   non2xx, serr, (reqs > 0 ? rd / reqs : 0), ticks, wrkt, irq, other, (non2xx + serrsum > 0 || reqs == 0) }' \
+        "$file")
     ROWS+=("$row")
     local bad=${row##*|}
     if [[ $bad != 0 ]]; then
@@ -203,6 +275,7 @@ bench_bare() { # round case chunked
     local round=$1 name=$2 chunked=$3 port idle after hwm
     port=$(free_port)
     start_bare "$port" "$OUT/r$round-$name.stderr" BARE_CHUNKED="$chunked"
+    SERVER_PID=$BARE_PID
     curl -sS --max-time 5 -D - "http://127.0.0.1:$port/ping" >"$OUT/r$round-$name.sample.txt"
     sleep "$IDLE_SETTLE"
     idle=$(rss_kb "$BARE_PID")
@@ -219,7 +292,7 @@ start_aicode() {
     local round=$1 data=$2 port=$3
     env -u AICODE_DEV HOST=127.0.0.1 PORT="$port" WORKERS="$WORKERS" AICODE_DATA_DIR="$data" \
         AICODE_ENV_FILE="$data/no.env" LOG_FILE="$data/requests.log" RATE_LIMIT_PER_MINUTE=0 \
-        ./bin/aicode serve >"$data/stdout.log" 2>"$data/stderr.log" &
+        "$AICODE_BIN" serve >"$data/stdout.log" 2>"$data/stderr.log" &
     AICODE_PID=$!
     PIDS+=("$AICODE_PID")
     wait_port "$port" "$AICODE_PID"
@@ -230,7 +303,7 @@ make_token() {
     local data=$1 user json
     user=$(cat /proc/sys/kernel/random/uuid)
     json=$(env -u AICODE_DEV AICODE_DATA_DIR="$data" AICODE_ENV_FILE="$data/no.env" \
-        LOG_FILE="$data/cli.log" ./bin/aicode token --user "$user")
+        LOG_FILE="$data/cli.log" "$AICODE_BIN" token --user "$user")
     TOKEN=$(printf '%s' "$json" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
     [[ -n $TOKEN ]] || die "bin/aicode token printed no access_token"
 }
@@ -256,6 +329,7 @@ bench_aicode() { # round
     make_token "$data"
     port=$(free_port)
     start_aicode "$round" "$data" "$port"
+    SERVER_PID=$AICODE_PID
     sleep "$IDLE_SETTLE"
     idle=$(rss_kb "$AICODE_PID")
     curl -sS --max-time 5 -D - "http://127.0.0.1:$port/ping" >"$OUT/r$round-aicode-ping.sample.txt"
@@ -302,22 +376,29 @@ if [[ $BENCH_PERF == 1 ]]; then
         port=$(free_port)
         start_aicode perf "$data" "$port"
         create_projects "$port"
-        secs=${DURATION%s}
         for what in ping projects; do
             if [[ $what == ping ]]; then url="http://127.0.0.1:$port/ping"; extra=(); else
                 url="http://127.0.0.1:$port/api/projects"; extra=(-s bench/projects.lua); fi
-            log "perf: profiling aicode under $url"
-            perf record -q -e cpu-clock -F 2000 -g -p "$AICODE_PID" -o "$OUT/perf-$what.data" -- sleep "$secs" \
-                >/dev/null 2>&1 &
-            perf_pid=$!
             export AICODE_TOKEN=$TOKEN
-            timeout 120 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" "${extra[@]}" \
-                "$url" >"$OUT/perf-$what.wrk.txt" 2>&1 || true
-            wait "$perf_pid" || true
-            perf report -i "$OUT/perf-$what.data" --no-children --sort dso,symbol --percent-limit 0.5 --stdio \
-                -g none 2>/dev/null >"$OUT/perf-$what.report.txt" || true
+            wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d2s "${extra[@]}" "$url" >/dev/null 2>&1 || true
+            log "perf: profiling aicode for ${PERF_SECONDS}s under wrk $url"
+            timeout 120 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d$((PERF_SECONDS + 2))s "${extra[@]}" \
+                "$url" >"$OUT/perf-$what.wrk.txt" 2>&1 &
+            wrk_pid=$!
+            PIDS+=("$wrk_pid")
+            sleep 1
+            # DWARF unwinding: liblua5.4 and libc have no frame pointers.
+            perf record -q -e cpu-clock -F 499 --call-graph dwarf,32768 -p "$AICODE_PID" \
+                -o "$OUT/perf-$what.data" -- sleep "$PERF_SECONDS" >/dev/null 2>&1 || true
+            wait "$wrk_pid" || true
+            forget_pid "$wrk_pid"
+            perf report -i "$OUT/perf-$what.data" --no-children --sort dso,symbol --percent-limit 0.5 \
+                --stdio -g none 2>/dev/null >"$OUT/perf-$what.self.txt" || true
+            perf report -i "$OUT/perf-$what.data" --children --sort symbol --percent-limit 1 \
+                --stdio -g none 2>/dev/null >"$OUT/perf-$what.inclusive.txt" || true
             perf report -i "$OUT/perf-$what.data" --no-children --sort dso --stdio -g none 2>/dev/null \
                 >"$OUT/perf-$what.dso.txt" || true
+            [[ ${BENCH_PERF_KEEP:-0} == 1 ]] || rm -f "$OUT/perf-$what.data"
         done
         stop_pid "$AICODE_PID"
         forget_pid "$AICODE_PID"
@@ -331,12 +412,22 @@ fi
 {
     echo "## Throughput (wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION, keep-alive, WORKERS=$WORKERS)"
     echo
-    echo "| Round | Case | Requests/s | Avg latency | p99 latency | Requests | Non-2xx/3xx | Socket errors | Bytes/response |"
-    echo "|---|---|---:|---:|---:|---:|---:|---|---:|"
+    echo "| Round | Case | Requests/s | Avg latency | p99 latency | Requests | Non-2xx/3xx | Socket errors | Bytes/response | Server CPU µs/request | CPU cores: server / wrk / ksoftirqd / other |"
+    echo "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|"
     for r in "${ROWS[@]}"; do
-        IFS='|' read -r rr cc rps lat p99 reqs non2xx serr bpr _ <<<"$r"
-        echo "| $rr | $cc | $rps | $lat | $p99 | $reqs | $non2xx | $serr | $bpr |"
+        IFS='|' read -r rr cc rps lat p99 reqs non2xx serr bpr ticks wrkt irq other _ <<<"$r"
+        cpu=$(awk -v t="$ticks" -v w="$wrkt" -v q="$irq" -v o="$other" -v hz="$CLK_TCK" -v n="$reqs" \
+            -v rps="$rps" 'BEGIN {
+            d = (rps > 0 ? n / rps : 1)
+            printf "%.1f|%.2f / %.2f / %.2f / %.2f", (n > 0 ? 1e6 * t / hz / n : 0), t / hz / d, w / hz / d,
+                   q / hz / d, o / hz / d }')
+        echo "| $rr | $cc | $rps | $lat | $p99 | $reqs | $non2xx | $serr | $bpr | ${cpu%%|*} | ${cpu##*|} |"
     done
+    echo
+    echo "CPU: utime+stime over the measured run, from /proc/<pid>/stat (server), /usr/bin/time (wrk) and"
+    echo "/proc/stat (whole machine). ksoftirqd = the kernel threads that take over loopback TCP softirq"
+    echo "work under load; other = the rest, i.e. other processes on this shared machine (and irq time)."
+    echo "wrk runs on the same $(nproc) cores as the server."
     echo
     echo "## Memory (VmRSS from /proc/<pid>/status)"
     echo

@@ -168,8 +168,11 @@ static int prepare_runtime(int migrate_now)
     return 0;
 }
 
-/* Runs app.cli.run(cmd, args...) outside any coroutine and prints its result. */
-static int run_lua_cli(const char *cmd, int argc, char **argv)
+/*
+ * Runs app.cli.run(cmd, args...) outside any coroutine. Its result string goes to
+ * stdout unless `quiet_ok`; its error goes to `errout`. Returns the exit status.
+ */
+static int run_lua_cli(const char *cmd, int argc, char **argv, int quiet_ok, FILE *errout)
 {
     char err[4096];
     host_gen_t *gen = host_vm_build("app.cli", "run", err, sizeof(err));
@@ -186,10 +189,11 @@ static int run_lua_cli(const char *cmd, int argc, char **argv)
     if (lua_pcall(L, argc + 1, 2, 0) != LUA_OK) {
         fprintf(stderr, "aicode: %s\n", lua_tostring(L, -1));
     } else if (lua_isstring(L, -2)) {
-        printf("%s\n", lua_tostring(L, -2));
+        if (!quiet_ok)
+            printf("%s\n", lua_tostring(L, -2));
         rc = 0;
     } else {
-        fprintf(stderr, "%s\n", lua_isstring(L, -1) ? lua_tostring(L, -1) : "aicode: command failed");
+        fprintf(errout, "%s\n", lua_isstring(L, -1) ? lua_tostring(L, -1) : "aicode: command failed");
     }
     host_vm_close(gen);
     return rc;
@@ -199,6 +203,12 @@ static int cmd_serve(void)
 {
     if (prepare_runtime(1) != 0)
         return 1;
+    /* Settings the scripts read (CORS, rate limits, Supabase) are validated before
+     * listening: a typo must not silently fall back to a default. */
+    if (run_lua_cli("validate-config", 0, NULL, 1, stderr) != 0) {
+        fprintf(stderr, "aicode: invalid configuration (see above); `aicode check-config` lists every problem\n");
+        return 1;
+    }
     if (getenv("AUTH_TRUST_CLIENT_USER_ID") != NULL && strcmp(getenv("AUTH_TRUST_CLIENT_USER_ID"), "1") == 0)
         host_log("warn", "AUTH_TRUST_CLIENT_USER_ID=1: POST /api/auth/token issues tokens for ANY user_id "
                          "without proof of identity. Use only with the unmodified legacy frontend on a trusted network.");
@@ -280,10 +290,9 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "check-config") == 0) {
         /* C-level problems first, then the scripts' own checks (store, auth, CORS...). */
         fputs(problems, stdout);
-        int lua_rc = run_lua_cli("check-config", 0, NULL);
-        if (nproblems == 0 && lua_rc == 0)
-            return 0;
-        return 1;
+        /* "configuration ok" only when the C-level checks found nothing either. */
+        int lua_rc = run_lua_cli("check-config", 0, NULL, nproblems != 0, stdout);
+        return nproblems == 0 && lua_rc == 0 ? 0 : 1;
     }
     if (nproblems != 0) {
         fprintf(stderr, "aicode: invalid configuration:\n%s", problems);
@@ -330,7 +339,7 @@ int main(int argc, char **argv)
         if (prepare_runtime(1) != 0)
             return 1;
         char *args[] = {(char *)user};
-        return run_lua_cli("token", 1, args);
+        return run_lua_cli("token", 1, args, 0, stderr);
     }
     return 2;
 }

@@ -15,8 +15,15 @@ static void on_count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     host_co_t *co = host_co_current(L);
-    if (co != NULL && co->deadline_ms != 0 && host_now_ms() > co->deadline_ms)
+    if (co != NULL && co->deadline_ms != 0 && host_now_ms() > co->deadline_ms) {
+        /* Past the deadline, fire on every instruction from now on. Otherwise a
+         * handler that catches this error with pcall inside a loop would run another
+         * DEADLINE_CHECK_INSTRUCTIONS of its own code per error and keep the worker
+         * forever; checking each instruction re-raises right after any pcall, so
+         * the error unwinds out of the coroutine (the request then answers 500). */
+        lua_sethook(L, on_count_hook, LUA_MASKCOUNT, 1);
         luaL_error(L, "execution time limit exceeded");
+    }
 }
 
 host_co_t *host_co_current(lua_State *L)

@@ -243,6 +243,12 @@ static void on_request_dispose(void *p)
         co->owner = NULL;
         if (!co->running)
             host_co_destroy(co);
+        /* Still write the request's one access-log line (499, nginx's "client closed
+         * request"); otherwise requests abandoned mid-flight (an HTTP/2 stream reset
+         * or connection close) leave no trace. method and path are still valid here:
+         * h2o_dispose_request runs its own access loggers just before clearing the
+         * pool, and this callback runs as the pool is cleared. */
+        log_request(r, 499, NULL);
     }
 }
 

@@ -39,6 +39,7 @@ end
 -- Supabase JWKS (ES256/RS256 keys), fetched over host.http and cached per VM;
 -- the keys themselves live in C (host.jwt.set_jwks), shared by all workers.
 local jwks_fetched_at = -math.huge
+local jwks_ever_fetched = false
 
 local function refresh_jwks(force)
     local s = config.get()
@@ -62,6 +63,7 @@ local function refresh_jwks(force)
         return
     end
     jwks_fetched_at = now
+    jwks_ever_fetched = true
 end
 
 -- Verifies a Supabase user access token; returns its claims or raises 401.
@@ -73,7 +75,13 @@ function _M.verify_supabase(token)
         refresh_jwks(true) -- keys may have rotated
         claims, err = jwt.verify_supabase(token)
     end
-    if not claims then errors.unauthorized(err) end
+    if not claims then
+        -- No key set could be loaded: the identity provider is down, not the caller's fault.
+        if not s.supabase_hs256 and not jwks_ever_fetched then
+            errors.raise(503, "Supabase auth keys are unavailable; try again later")
+        end
+        errors.unauthorized(err)
+    end
     return claims
 end
 

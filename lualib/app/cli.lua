@@ -30,6 +30,13 @@ function commands.check_config()
 end
 commands["check-config"] = commands.check_config
 
+-- Run by `serve` before listening: only the settings, not the store.
+commands["validate-config"] = function()
+    local problems = config.problems()
+    if #problems == 0 then return "ok" end
+    return nil, table.concat(problems, "\n")
+end
+
 function _M.run(cmd, ...)
     local fn = commands[cmd]
     if not fn then return nil, "unknown command " .. tostring(cmd) end

@@ -154,11 +154,18 @@ function _M.delete_project(_, user_id, id)
     return changes > 0
 end
 
+-- The task row as the API shows it: the original schema's columns (seed-contract
+-- §2.3), not the engine's bookkeeping (lease, attempts, idempotency key).
+local TASK_COLUMNS = [[id, user_id, project_id, status, agent, repo_url, target_branch, pr_branch,
+    container_id, commit_hash, pr_number, pr_url, git_diff, git_patch, changed_files, error,
+    chat_messages, execution_metadata, created_at, updated_at, started_at, completed_at]]
+_M.TASK_COLUMNS = TASK_COLUMNS
+
 function _M.list_project_tasks(_, user_id, project_id)
     local d, err = conn()
     if not d then return nil, err end
-    local rows, qerr, code = d:query(
-        "SELECT * FROM tasks WHERE project_id = ? AND user_id = ? ORDER BY created_at DESC, id DESC",
+    local rows, qerr, code = d:query("SELECT " .. TASK_COLUMNS ..
+        " FROM tasks WHERE project_id = ? AND user_id = ? ORDER BY created_at DESC, id DESC",
         project_id, user_id)
     if not rows then return failure(qerr, code) end
     for i = 1, #rows do task_row(rows[i]) end

@@ -178,12 +178,17 @@ def make_tree(tmp, version="v1"):
     return scripts, lualib
 
 
-def write_reload_target(scripts, version, broken=False):
-    """(Re)writes routes/reload_target.lua atomically (write + rename, like editors do)."""
+def write_reload_target(scripts, version, broken=False, inplace=False):
+    """(Re)writes routes/reload_target.lua: atomically (write + rename, like most
+    editors) or in place (truncate + write, like vim with backupcopy=yes)."""
     path = os.path.join(scripts, "routes", "reload_target.lua")
     text = RELOAD_TARGET % version
     if broken:
         text = text.replace("return _M\n", "local = oops syntax error\nreturn _M\n")
+    if inplace:
+        with open(path, "w") as f:
+            f.write(text)
+        return path
     tmp = path + ".tmp~"
     with open(tmp, "w") as f:
         f.write(text)
