@@ -419,15 +419,15 @@ fi
         cpu=$(awk -v t="$ticks" -v w="$wrkt" -v q="$irq" -v o="$other" -v hz="$CLK_TCK" -v n="$reqs" \
             -v rps="$rps" 'BEGIN {
             d = (rps > 0 ? n / rps : 1)
-            printf "%.1f|%.2f / %.2f / %.2f / %.2f", (n > 0 ? 1e6 * t / hz / n : 0), t / hz / d, w / hz / d,
-                   q / hz / d, o / hz / d }')
+            printf "%.1f|%.2f / %.2f / %.2f / %.2f%s", (n > 0 ? 1e6 * t / hz / n : 0), t / hz / d, w / hz / d,
+                   q / hz / d, o / hz / d, (o / hz / d > 0.15 ? " (noisy)" : "") }')
         echo "| $rr | $cc | $rps | $lat | $p99 | $reqs | $non2xx | $serr | $bpr | ${cpu%%|*} | ${cpu##*|} |"
     done
     echo
     echo "CPU: utime+stime over the measured run, from /proc/<pid>/stat (server), /usr/bin/time (wrk) and"
     echo "/proc/stat (whole machine). ksoftirqd = the kernel threads that take over loopback TCP softirq"
     echo "work under load; other = the rest, i.e. other processes on this shared machine (and irq time)."
-    echo "wrk runs on the same $(nproc) cores as the server."
+    echo "wrk runs on the same $(nproc) cores as the server. (noisy): other processes used > 0.15 cores."
     echo
     echo "## Memory (VmRSS from /proc/<pid>/status)"
     echo

@@ -17,7 +17,8 @@ return {
         { method = "GET", path = "/api/auth/verify", handler = "routes.auth.verify", auth = "user" },
 
         { method = "GET", path = "/api/projects", handler = "routes.projects.list", auth = "user", unprefixed = true },
-        { method = "POST", path = "/api/projects", handler = "routes.projects.create", auth = "user", unprefixed = true },
+        { method = "POST", path = "/api/projects", handler = "routes.projects.create", auth = "user",
+            unprefixed = true },
         { method = "GET", path = "/api/projects/<int:id>", handler = "routes.projects.get", auth = "user",
             unprefixed = true },
         { method = "PUT", path = "/api/projects/<int:id>", handler = "routes.projects.update", auth = "user",

@@ -61,6 +61,10 @@ struct sqlite_db {
 
 static const char *code_name(int rc)
 {
+    /* A uniqueness violation is an expected outcome callers map to "conflict";
+     * other constraint failures (foreign key, NOT NULL, CHECK) are bugs or races. */
+    if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+        return "unique";
     switch (rc & 0xff) {
     case SQLITE_CONSTRAINT:
         return "constraint";

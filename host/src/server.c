@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <lauxlib.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "host/config.h"
@@ -510,10 +511,22 @@ int host_server_init(void)
         ssl_ctx = SSL_CTX_new(TLS_server_method());
         SSL_CTX_set_min_proto_version(ssl_ctx, TLS1_2_VERSION);
         SSL_CTX_set_options(ssl_ctx, SSL_OP_NO_COMPRESSION);
-        if (SSL_CTX_use_certificate_chain_file(ssl_ctx, host_config.tls_cert) != 1 ||
-            SSL_CTX_use_PrivateKey_file(ssl_ctx, host_config.tls_key, SSL_FILETYPE_PEM) != 1 ||
-            SSL_CTX_check_private_key(ssl_ctx) != 1) {
-            host_log("error", "cannot load TLS_CERT/TLS_KEY");
+        /* Say which file failed and why (OpenSSL's reason, e.g. "no start line" for
+         * a file that is not PEM, "key values mismatch"): "cannot load" alone leaves
+         * the operator guessing. The message also goes to stderr, since LOG_FILE may
+         * point elsewhere and serve exits right after. */
+        const char *what = NULL;
+        if (SSL_CTX_use_certificate_chain_file(ssl_ctx, host_config.tls_cert) != 1)
+            what = "TLS_CERT";
+        else if (SSL_CTX_use_PrivateKey_file(ssl_ctx, host_config.tls_key, SSL_FILETYPE_PEM) != 1)
+            what = "TLS_KEY";
+        else if (SSL_CTX_check_private_key(ssl_ctx) != 1)
+            what = "TLS_KEY (does not match TLS_CERT)";
+        if (what != NULL) {
+            const char *reason = ERR_reason_error_string(ERR_peek_error());
+            const char *file = what[4] == 'C' ? host_config.tls_cert : host_config.tls_key;
+            host_log("error", "cannot load %s %s: %s", what, file, reason != NULL ? reason : "unknown error");
+            fprintf(stderr, "aicode: cannot load %s %s: %s\n", what, file, reason != NULL ? reason : "unknown error");
             return -1;
         }
         h2o_ssl_register_alpn_protocols(ssl_ctx, h2o_http2_alpn_protocols);

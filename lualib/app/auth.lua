@@ -39,14 +39,19 @@ end
 -- Supabase JWKS (ES256/RS256 keys), fetched over host.http and cached per VM;
 -- the keys themselves live in C (host.jwt.set_jwks), shared by all workers.
 local jwks_fetched_at = -math.huge
+local jwks_next_attempt_at = -math.huge -- throttle for every fetch, success or failure
 local jwks_ever_fetched = false
+local RETRY_AFTER_FAILURE, REFETCH_AFTER_SUCCESS = 2, 10
 
 local function refresh_jwks(force)
     local s = config.get()
     if not s.supabase_url then return end
     local now = host.monotonic_ms() / 1000
-    if not force and now - jwks_fetched_at < s.jwks_cache_seconds then return end
-    if force and now - jwks_fetched_at < 10 then return end -- unknown kid: at most one refetch per 10 s
+    if not force and jwks_ever_fetched and now - jwks_fetched_at < s.jwks_cache_seconds then return end
+    -- Every attempt starts the throttle: a dead endpoint costs at most one outbound
+    -- fetch per 2 s per worker, an unknown kid (a rotation, or garbage) one per 10 s.
+    if now < jwks_next_attempt_at then return end
+    jwks_next_attempt_at = now + RETRY_AFTER_FAILURE
     local res, err = host.http.request {
         url = s.supabase_url .. "/auth/v1/.well-known/jwks.json",
         timeout_ms = 5000,
@@ -63,6 +68,7 @@ local function refresh_jwks(force)
         return
     end
     jwks_fetched_at = now
+    jwks_next_attempt_at = now + REFETCH_AFTER_SUCCESS
     jwks_ever_fetched = true
 end
 

@@ -23,7 +23,9 @@ function _M.check_user(user_id)
 end
 
 function _M.check_ip(ip)
-    return check("rl:ip:" .. ip, config.get().rate_limit_ip)
+    -- An address is at most 45 characters; anything longer is not one (it came
+    -- from a forged header) and must not make the shared-counter key too long.
+    return check("rl:ip:" .. tostring(ip):sub(1, 64), config.get().rate_limit_ip)
 end
 
 return _M

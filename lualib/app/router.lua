@@ -93,6 +93,7 @@ end
 local function allowed_list(methods)
     local list = {}
     for m in pairs(methods) do list[#list + 1] = m end
+    if methods.GET and not methods.HEAD then list[#list + 1] = "HEAD" end -- served by GET
     table.sort(list)
     return list
 end

@@ -35,9 +35,12 @@ for _, r in ipairs(app_routes.routes) do
 end
 _M.router = router
 
+-- Behind a trusted proxy the client is the last X-Forwarded-For entry: the one
+-- the proxy appended. Earlier entries come from the client and can be forged.
 local function client_ip(req)
-    if config.get().trust_proxy and req.headers["x-forwarded-for"] then
-        return req.headers["x-forwarded-for"]:match("^%s*([^,%s]+)") or req.remote_addr
+    local xff = config.get().trust_proxy and req.headers["x-forwarded-for"]
+    if xff then
+        return xff:match("([^,%s]+)%s*$") or req.remote_addr
     end
     return req.remote_addr
 end

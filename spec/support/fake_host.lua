@@ -24,8 +24,6 @@ local lfs = require "lfs"
 
 local _M = {}
 
-local ROOT -- repository root, set by the helper (fake_host.root = ...)
-
 -- Same rule as host/src/l_core.c:is_secret_name.
 local SECRET_EXACT = { JWT_SECRET = true, SUPABASE_JWT_SECRET = true, DATABASE_URL = true }
 local SECRET_SUFFIXES = { "_KEY", "_TOKEN", "_SECRET", "_PASSWORD" }
@@ -158,7 +156,7 @@ function _M.new(opts)
     end
 
     function ctl:cleanup()
-        if owns_dir then remove_tree(data_dir) end
+        if owns_dir then remove_tree(self.data_dir) end
     end
 
     local host = {}

@@ -97,7 +97,7 @@ function _M.sandbox(host)
     local ok_call, req, finish = pcall(prelude, host, ROOT .. "/lualib", ROOT .. "/scripts",
         fake_host.read_file, files)
     string_mt.__metatable = nil
-    string.dump = dump
+    rawset(string, "dump", dump)
     if not ok_call then error(req, 0) end
     return req, finish
 end
@@ -126,8 +126,8 @@ end
 -- a non-app error) fails the calling spec with the details.
 function _M.catch(fn, ...)
     local errors = require "app.errors"
-    local ok, err = pcall(fn, ...)
-    if ok then error("expected an app error, but the call succeeded", 2) end
+    local succeeded, err = pcall(fn, ...)
+    if succeeded then error("expected an app error, but the call succeeded", 2) end
     if not errors.is_error(err) then
         error("expected an app error, got: " .. tostring(err), 2)
     end

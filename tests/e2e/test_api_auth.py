@@ -608,6 +608,7 @@ class SupabaseJwksTests(ApiAssertions):
                 user = new_user()
                 for fault in ("500", "garbage"):
                     fake.fault = fault
+                    time.sleep(2.1)  # a failed fetch is retried at most every 2 s
                     before = fake.jwks_requests
                     r = self.exchange(user, fake.sign(supabase_claims(user)), srv=srv)
                     # Refused cleanly: JSON, never a token, never a 500.
@@ -618,6 +619,7 @@ class SupabaseJwksTests(ApiAssertions):
                 self.assertIn("JWKS", srv.log_text())
                 # The endpoint recovers: the next exchange fetches the keys and succeeds.
                 fake.fault = None
+                time.sleep(2.1)
                 r = self.exchange(user, fake.sign(supabase_claims(user)), srv=srv)
                 self.assertEqual(r.status, 200, r)
                 self.assertIsNotNone(db_user(srv, user))

@@ -5,6 +5,7 @@ upstream call, finish in well under 2 s on ONE worker, which is only possible if
 the upstream calls overlap instead of blocking the loop one after another (200 x
 200 ms = 40 s if they were serialised).
 """
+import json
 import sys
 import time
 import unittest
@@ -97,6 +98,31 @@ class HostHttpTest(unittest.TestCase):
         res = self.call(url="file:///etc/passwd", allow_http=True)
         self.assertEqual(res, {"ok": False, "err": "blocked"})
 
+    def test_redirects_not_followed_by_default(self):
+        tag = uuid.uuid4().hex
+        res = self.call(url=self.up.url("/redirect?" + tag), allow_http=True)
+        self.assertTrue(res["ok"], res)
+        self.assertEqual(res["res"]["status"], 302)
+        self.assertEqual(res["res"]["headers"]["location"], "/echo?redirected")
+        self.assertEqual(res["res"]["body"], "moved")
+        res = self.call(url=self.up.url("/redirect?" + tag), allow_http=True, follow_redirects=True)
+        self.assertEqual(res["res"]["status"], 200)
+        self.assertEqual(json.loads(res["res"]["body"])["path"], "/echo?redirected")
+
+    def test_untrusted_tls_certificate(self):
+        import subprocess
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            cert, key = d + "/c.pem", d + "/k.pem"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                            "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+            with Upstream(tls=(cert, key)) as tls_up:
+                # https, so allowed without allow_http, but the self-signed certificate is not trusted.
+                res = self.call(url=tls_up.url("/echo"), timeout_ms=3000)
+                self.assertEqual(res, {"ok": False, "err": "tls"})
+                self.assertEqual(tls_up.requests, [])
+
     def test_response_headers_lower_cased(self):
         res = self.call(url=self.up.url("/headers"), allow_http=True)
         self.assertTrue(res["ok"], res)
@@ -121,7 +147,6 @@ class HostHttpTest(unittest.TestCase):
         self.assertEqual(seen[0]["headers"].get("content-type"), "application/json")
         # PUT with a body too, and the echo comes back as the response body.
         res = self.call(url=self.up.url("/echo?" + tag), allow_http=True, method="PUT", body="x=1")
-        import json
         echoed = json.loads(res["res"]["body"])
         self.assertEqual((echoed["method"], echoed["body"]), ("PUT", "x=1"))
 

@@ -47,6 +47,33 @@ class DrainTest(unittest.TestCase):
         finally:
             srv.close()
 
+    def test_drain_timeout_bounds_shutdown(self):
+        srv = tree_server(env={"DRAIN_TIMEOUT_MS": "500"})
+        try:
+            box = {}
+
+            def slow():
+                try:
+                    box["r"] = srv.request("GET", "/test/sleep?s=10")
+                except OSError as e:
+                    box["e"] = e
+            t = threading.Thread(target=slow)
+            t.start()
+            time.sleep(0.15)  # ordering only: the request is in flight before the signal
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            rc = srv.proc.wait(5)
+            elapsed = time.monotonic() - t0
+            t.join(5)
+            self.assertEqual(rc, 0)
+            self.assertGreaterEqual(elapsed, 0.45)
+            self.assertLess(elapsed, 2.0, "DRAIN_TIMEOUT_MS=500 not honoured")
+            self.assertIn("e", box, "a 10 s request cannot have completed")
+            warn = [l for l in srv.log_lines() if l.get("level") == "warn" and "drain timeout" in l.get("msg", "")]
+            self.assertEqual(len(warn), 1, srv.log_text()[-1000:])
+        finally:
+            srv.close()
+
     def test_sigterm_when_idle_exits_promptly(self):
         with Server() as srv:
             t0 = time.monotonic()
@@ -66,6 +93,28 @@ class TwoWorkersTest(unittest.TestCase):
                 vms |= {json.loads(b)["vm"] for _, _, b in results}
             # SO_REUSEPORT spreads 200 connections over both listeners; each worker has its own VM.
             self.assertEqual(len(vms), 2, "expected two workers (two Lua VMs), saw %d" % len(vms))
+
+
+class PipeliningTest(unittest.TestCase):
+    def test_pipelined_requests_answer_in_order(self):
+        # The first request waits on a timer; the two behind it on the same
+        # connection must wait their turn and come back in request order.
+        with tree_server() as srv:
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            s.sendall(b"GET /test/sleep?s=0.2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /test/sleep?s=0.01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.settimeout(5)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            self.assertEqual(data.count(b"HTTP/1.1 200"), 3, data)
+            a, b, c = data.find(b'"slept":0.2'), data.find(b'"pong"'), data.find(b'"slept":0.01')
+            self.assertTrue(0 < a < b < c, data)
 
 
 class AccessLogTest(unittest.TestCase):

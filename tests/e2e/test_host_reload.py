@@ -4,6 +4,7 @@ started on. SIGHUP reloads without AICODE_DEV. Each test edits its own copy of
 scripts/ (routes/reload_target.lua, served at /test/version)."""
 import http.client
 import json
+import os
 import re
 import signal
 import threading
@@ -108,6 +109,30 @@ class HotReloadTest(unittest.TestCase):
             self.assertEqual(box["r"].json, {"version": "v1"})
             # The retired generation was released: the new one keeps working.
             self.assertEqual(srv.request("GET", "/test/version_slow").json, {"version": "v2"})
+
+    def test_lualib_edits_and_new_directories_are_watched(self):
+        with tree_server(workers=1, env={"AICODE_DEV": "1"}) as srv:
+            def reloads():
+                return sum(1 for l in srv.log_lines() if l.get("msg") == "scripts reloaded")
+            self.assertEqual(reloads(), 0)
+            # An edit under lualib/ reloads too.
+            lib = os.path.join(srv.env["AICODE_LUALIB_DIR"], "app", "errors.lua")
+            with open(lib, "a") as f:
+                f.write("\n-- touched by the reload test\n")
+            self.assertTrue(wait_for(lambda: reloads() == 1, 3), "lualib edit did not reload")
+            # A directory created after start is watched as well: create it (one
+            # reload), then an edit inside it must reload again.
+            newdir = os.path.join(srv.scripts_dir, "routes", "added_later")
+            os.mkdir(newdir)
+            self.assertTrue(wait_for(lambda: reloads() == 2, 3), "new directory did not reload")
+            with open(os.path.join(newdir, "extra.lua"), "w") as f:
+                f.write("return {}\n")
+            self.assertTrue(wait_for(lambda: reloads() == 3, 3), "file in a new directory not watched")
+            with open(os.path.join(newdir, "extra.lua"), "w") as f:
+                f.write("local broken = \n")
+            self.assertTrue(wait_for(lambda: any("added_later/extra.lua:" in json.dumps(l)
+                                                 for l in srv.log_lines()), 3))
+            self.assertEqual(version_of(srv), "v1")
 
     def test_sighup_reload_without_dev_mode(self):
         with tree_server(workers=2) as srv:

@@ -175,8 +175,8 @@ static const char *main_script =
     /* ---- errors ---- */
     "ok(db:run('INSERT INTO u(name) VALUES (?)', 'ann') == 1, 'unique insert')\n"
     "local res, msg, code = db:run('INSERT INTO u(name) VALUES (?)', 'ann')\n"
-    "ok(res == nil and code == 'constraint' and msg:match('UNIQUE'),\n"
-    "   'UNIQUE violation -> constraint: ' .. tostring(msg))\n"
+    "ok(res == nil and code == 'unique' and msg:match('UNIQUE'),\n"
+    "   'UNIQUE violation -> unique: ' .. tostring(msg))\n"
     "res, msg, code = db:run('INSERT INTO u(name) VALUES (?)', nil)\n"
     "ok(res == nil and code == 'constraint' and msg:match('NOT NULL'), 'NOT NULL -> constraint')\n"
     "res, msg, code = db:query('SELEC 1')\n"

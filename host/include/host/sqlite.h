@@ -29,7 +29,8 @@
  * query/first/run, and any use of a closed db raise a Lua error: those are program
  * bugs, while failures of the database itself come back as `nil, err, code`.
  *
- * code is one of "constraint", "busy" (SQLITE_BUSY/LOCKED), "readonly", "corrupt"
+ * code is one of "unique" (UNIQUE or PRIMARY KEY violation), "constraint" (any other
+ * constraint: foreign key, NOT NULL, CHECK), "busy" (SQLITE_BUSY/LOCKED), "readonly", "corrupt"
  * or "error". err is SQLite's message and may name tables or columns, so it is for
  * logs, not for clients.
  */

@@ -46,7 +46,7 @@ local function task_row(row)
 end
 
 local function failure(err, code)
-    if code == "constraint" then return nil, "conflict" end
+    if code == "unique" then return nil, "conflict" end
     return nil, err or "database error"
 end
 

@@ -39,7 +39,8 @@ describe("app.auth", function()
         end)
 
         it("401 Invalid authorization header format unless exactly two parts", function()
-            for _, v in ipairs({ "Bearer", "Bearer ", "Bearer a b", "Bearer  tok", "", " Bearer tok", "Bearer tok " }) do
+            for _, v in ipairs({ "Bearer", "Bearer ", "Bearer a b", "Bearer  tok", "", " Bearer tok",
+                "Bearer tok " }) do
                 rejects(401, "Invalid authorization header format", auth.bearer_token, req(v))
             end
         end)
@@ -78,7 +79,8 @@ describe("app.auth", function()
         end)
 
         it("refuses alg none", function()
-            local none = helper.sign_jwt(helper.claims(ALICE), { header = { alg = "none", typ = "JWT" }, signature = "" })
+            local none = helper.sign_jwt(helper.claims(ALICE),
+                { header = { alg = "none", typ = "JWT" }, signature = "" })
             local err = helper.catch(auth.authenticate, none)
             assert.are.equal(401, err.status)
         end)
@@ -123,10 +125,6 @@ describe("app.auth", function()
     end)
 
     describe("verify_supabase", function()
-        it("401 when Supabase auth is not configured", function()
-            rejects(401, "Supabase auth not configured", auth.verify_supabase, helper.sign_jwt({ sub = ALICE }))
-        end)
-
         describe("with the HS256 secret", function()
             before_each(function()
                 helper.configure_jwt(helper.SUPABASE_SECRET)
@@ -211,20 +209,26 @@ describe("app.auth", function()
                 assert.are.equal(3, #ctl.http_calls)
             end)
 
-            it("logs and answers 401 when the JWKS cannot be fetched", function()
+            it("logs and answers 503 (not the caller's fault) when no JWKS could ever be fetched", function()
                 ctl:queue_http({ status = 503, body = "down" })
                 ctl:queue_http("timeout")
                 local err = helper.catch(auth.verify_supabase, helper.sign_jwt({ sub = ALICE }))
-                assert.are.equal(401, err.status)
+                assert.are.equal(503, err.status)
+                assert.are.equal("Supabase auth keys are unavailable; try again later", err.message)
                 local entry = ctl:logged("warn", "cannot fetch Supabase JWKS")
                 assert.is_not_nil(entry)
                 assert.are.equal("status 503", entry.fields.error)
-                assert.is_not_nil(ctl.logs[2])
+                -- the forced refetch after the failed verify is throttled: one attempt only
+                assert.are.equal(1, #ctl.http_calls)
+                ctl:advance(11)
+                err = helper.catch(auth.verify_supabase, helper.sign_jwt({ sub = ALICE }))
+                assert.are.equal(503, err.status)
+                assert.are.equal(2, #ctl.http_calls)
                 assert.are.equal("timeout", ctl.logs[2].fields.error)
             end)
 
-            -- auth.lua promises "at most one refetch per 10 s"; a failed fetch must count
-            -- too, or an unreachable JWKS endpoint costs two outbound requests (up to
+            -- A failed fetch starts the throttle too (one attempt per 2 s), or an
+            -- unreachable JWKS endpoint would cost two outbound requests (up to
             -- 2 x 5 s) on every token request.
             it("throttles JWKS fetches while the endpoint is failing", function()
                 for _ = 1, 6 do ctl:queue_http({ status = 503, body = "down" }) end
@@ -232,7 +236,19 @@ describe("app.auth", function()
                     helper.catch(auth.verify_supabase, helper.sign_jwt({ sub = ALICE }))
                     ctl:advance(1)
                 end
-                assert.are.equal(1, #ctl.http_calls)
+                -- t=0 and t=2: one attempt per 2 s while failing, not two per request
+                assert.are.equal(2, #ctl.http_calls)
+            end)
+
+            it("answers 401 (not 503) once keys were loaded, even if a later refetch fails", function()
+                stub(host.jwt, "set_jwks").returns(true)
+                stub(host.jwt, "verify_supabase").returns(nil, "Unknown signing key")
+                ctl:queue_http({ status = 200, body = "{}" })
+                rejects(401, "Unknown signing key", auth.verify_supabase, "t1")
+                ctl:advance(11)
+                ctl:queue_http("connect")
+                rejects(401, "Unknown signing key", auth.verify_supabase, "t2")
+                assert.are.equal(2, #ctl.http_calls)
             end)
 
             it("logs an invalid JWKS document and keeps the old keys", function()

@@ -140,7 +140,9 @@ describe("app.config", function()
         end)
 
         it("reports CORS entries that are not origins", function()
-            local config = load_config { CORS_ORIGINS = "http://localhost:3000,https://*.vercel.app,localhost,ftp://x.org" }
+            local config = load_config {
+                CORS_ORIGINS = "http://localhost:3000,https://*.vercel.app,localhost,ftp://x.org",
+            }
             assert.are.equal(3, #config.problems())
             assert.is_true(has_problem(config, "https://*.vercel.app"))
             assert.is_true(has_problem(config, "CORS_ORIGINS: not an origin (scheme://host[:port]): localhost"))

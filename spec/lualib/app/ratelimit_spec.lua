@@ -65,6 +65,17 @@ describe("app.ratelimit (fixed 60 s window on host.shared)", function()
         assert.is_not_nil(ctl.shared["rl:u:10.0.0.1"])
     end)
 
+    -- With TRUST_PROXY=1 the IP comes from X-Forwarded-For, i.e. from the client, and
+    -- host.shared.incr refuses keys over 256 bytes (host/src/l_core.c): a long
+    -- header must not turn every unauthenticated request into a 500.
+    it("copes with arbitrarily long client identifiers", function()
+        local rl = load_ratelimit({ RATE_LIMIT_IP_PER_MINUTE = "2" })
+        local long = ("a"):rep(300)
+        local ok, allowed = pcall(rl.check_ip, long)
+        assert.is_true(ok, tostring(allowed))
+        assert.is_true(allowed)
+    end)
+
     it("uses the documented defaults (600 per user, 120 per IP)", function()
         local rl = load_ratelimit({ RATE_LIMIT_PER_MINUTE = false, RATE_LIMIT_IP_PER_MINUTE = false })
         for _ = 1, 120 do assert.is_true((rl.check_ip("1.2.3.4"))) end

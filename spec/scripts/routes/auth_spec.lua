@@ -192,7 +192,8 @@ describe("routes.auth", function()
         end)
 
         it("401 User not found for a deleted user", function()
-            rejects(401, "User not found", auth_routes.refresh, req({ refresh_token = host.jwt.issue(GHOST, "refresh") }))
+            rejects(401, "User not found", auth_routes.refresh,
+                req({ refresh_token = host.jwt.issue(GHOST, "refresh") }))
         end)
 
         it("503 when the store fails", function()

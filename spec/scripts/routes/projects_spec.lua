@@ -139,8 +139,8 @@ describe("routes.projects", function()
         end)
 
         it("400 Invalid GitHub URL format: <url>", function()
-            for _, url in ipairs({ "http://github.com/o/r", "https://www.github.com/o/r", "https://github.com/o/r/tree/x",
-                "not a url" }) do
+            for _, url in ipairs({ "http://github.com/o/r", "https://www.github.com/o/r",
+                "https://github.com/o/r/tree/x", "not a url" }) do
                 rejects(400, "Invalid GitHub URL format: " .. url, projects.create,
                     req(ALICE, { method = "POST", body = { name = "x", repo_url = url } }))
             end
@@ -218,7 +218,8 @@ describe("routes.projects", function()
         it("400 for an empty body, an empty name, a bad URL or wrong types", function()
             local p = create(ALICE)
             local function bad(message, body)
-                rejects(400, message, projects.update, req(ALICE, { method = "PUT", params = { id = p.id }, body = body }))
+                rejects(400, message, projects.update,
+                    req(ALICE, { method = "PUT", params = { id = p.id }, body = body }))
             end
             bad("No data provided", "{}")
             bad("No data provided", "[]")
@@ -240,7 +241,8 @@ describe("routes.projects", function()
             create(ALICE, { name = "one", repo_url = "https://github.com/octo/one" })
             local p2 = create(ALICE, { name = "two", repo_url = "https://github.com/octo/two" })
             rejects(409, "A project for this repository already exists", projects.update,
-                req(ALICE, { method = "PUT", params = { id = p2.id }, body = { repo_url = "https://github.com/octo/one" } }))
+                req(ALICE, { method = "PUT", params = { id = p2.id },
+                    body = { repo_url = "https://github.com/octo/one" } }))
         end)
     end)
 
@@ -251,7 +253,8 @@ describe("routes.projects", function()
             assert.are.equal(200, status)
             assert.are.same({ status = "success", message = "Project deleted successfully" }, body)
             assert.is_nil(store:get_project(ALICE, p.id))
-            rejects(404, "Project not found", projects.delete, req(ALICE, { method = "DELETE", params = { id = p.id } }))
+            rejects(404, "Project not found", projects.delete,
+                req(ALICE, { method = "DELETE", params = { id = p.id } }))
         end)
 
         it("404 for another user's project, which survives", function()
@@ -262,7 +265,8 @@ describe("routes.projects", function()
 
         it("503 when the store fails", function()
             stub(store, "delete_project").returns(nil, "disk I/O error")
-            rejects(503, "Database unavailable", projects.delete, req(ALICE, { method = "DELETE", params = { id = 1 } }))
+            rejects(503, "Database unavailable", projects.delete,
+                req(ALICE, { method = "DELETE", params = { id = 1 } }))
             store.delete_project:revert()
         end)
     end)

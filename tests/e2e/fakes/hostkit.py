@@ -10,6 +10,7 @@ Test routes (all rate = "none"):
     GET  /test/spin            while true do end
     GET  /test/spin_pcall      spins inside pcall in a loop (tries to outlive the deadline)
     GET  /test/vm              {"vm": id} unique to the Lua VM (worker) that served it
+    POST /test/echo            the request object's fields as JSON (body not parsed)
     GET  /test/upstream        host.http GET of the x-upstream-url header; the
                                upstream's body verbatim (502 {"err"} on failure)
     POST /test/http            body = host.http.request spec (+ "protect": false to
@@ -32,6 +33,7 @@ TEST_ROUTES = """
         { method = "GET", path = "/test/spin", handler = "routes.testing.spin", rate = "none" },
         { method = "GET", path = "/test/spin_pcall", handler = "routes.testing.spin_pcall", rate = "none" },
         { method = "GET", path = "/test/vm", handler = "routes.testing.vm", rate = "none" },
+        { method = "POST", path = "/test/echo", handler = "routes.testing.echo", rate = "none", body = false },
         { method = "GET", path = "/test/upstream", handler = "routes.testing.upstream", rate = "none" },
         { method = "POST", path = "/test/http", handler = "routes.testing.http", rate = "none" },
         { method = "GET", path = "/test/sandbox", handler = "routes.testing.sandbox", rate = "none" },
@@ -61,6 +63,13 @@ function _M.spin_pcall()
     while true do
         pcall(function() while true do end end)
     end
+end
+
+-- The request object as the handler sees it (body = false: not parsed as JSON).
+function _M.echo(req)
+    return 200, { method = req.method, path = req.path, query = req.query, headers = req.headers,
+        body = req.body, remote_addr = req.remote_addr, request_id = req.request_id,
+        scheme = req.scheme, version = req.version }
 end
 
 -- One id per VM (module state is per generation, per worker).

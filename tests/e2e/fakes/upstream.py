@@ -9,6 +9,7 @@ Paths:
     /big/<n>      200 with a body of n bytes of "x"
     /echo         200 JSON {method, path, headers (lower-case names), body}
     /headers      200 with mixed-case response headers (X-Mixed-Case, X-Another-ONE)
+    /redirect     302 to /echo?redirected
     anything else 200 "upstream-ok"
 
 The listen backlog (request_queue_size) is raised on the class before the server is
@@ -62,6 +63,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, b"x" * int(parts[1]), {"Content-Type": "text/plain"})
         elif parts[0] == "echo":
             self._send(200, json.dumps(entry).encode(), {"Content-Type": "application/json"})
+        elif parts[0] == "redirect":
+            self._send(302, b"moved", {"Location": "/echo?redirected", "Content-Type": "text/plain"})
         elif parts[0] == "headers":
             self._send(200, BODY, {"Content-Type": "text/plain", "X-Mixed-Case": "Keep-Value-Case",
                                    "X-Another-ONE": "two"})
@@ -80,13 +83,23 @@ class _Server(http.server.ThreadingHTTPServer):
         # The host cancelling a call (client gone, deadline) closes our socket
         # mid-response: expected in these tests, not worth a traceback.
         import sys
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+        import ssl
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
 class Upstream:
-    def __init__(self):
+    """tls=(certfile, keyfile) serves https (a self-signed cert: the host must refuse it)."""
+
+    def __init__(self, tls=None):
         self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.scheme = "http"
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.server.lock = threading.Lock()
         self.server.seen = []
         self.port = self.server.server_address[1]
@@ -95,7 +108,7 @@ class Upstream:
         self.thread.start()
 
     def url(self, path="/"):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
+        return "%s://127.0.0.1:%d%s" % (self.scheme, self.port, path)
 
     @property
     def requests(self):
