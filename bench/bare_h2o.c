@@ -93,8 +93,8 @@ static int create_listener(void)
 static void *worker_main(void *arg)
 {
     worker_t *w = arg;
-    while (h2o_evloop_run(w->loop, INT32_MAX) == 0)
-        ;
+    for (;;)
+        h2o_evloop_run(w->loop, INT32_MAX); /* -1 on EINTR (e.g. a tracer attaching): keep going */
     return NULL;
 }
 

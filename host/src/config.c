@@ -84,7 +84,8 @@ static long long env_int(const char *name, long long def, long long min, long lo
         errno = 0;
         long long n = strtoll(v, &end, 10);
         if (errno != 0 || *end != '\0' || n < min || n > max)
-            PROBLEM("%s must be an integer between %lld and %lld (got \"%.40s\")\n", name, min, max, v);
+            PROBLEM("%s must be an integer between %lld and %lld (got \"%.40s\")\n", name, min, max,
+                    v);
         else
             result = n;
     }
@@ -101,7 +102,8 @@ int host_config_read(char *problems, size_t problems_len)
     host_config_t *c = &host_config;
     c->host = env_str("HOST", "127.0.0.1");
     c->port = (int)env_int("PORT", 8000, 0, 65535, problems, problems_len, &nproblems);
-    c->workers = (int)env_int("WORKERS", ncpu > 0 ? ncpu : 1, 1, 256, problems, problems_len, &nproblems);
+    c->workers =
+        (int)env_int("WORKERS", ncpu > 0 ? ncpu : 1, 1, 256, problems, problems_len, &nproblems);
     c->tls_cert = env_str("TLS_CERT", NULL);
     c->tls_key = env_str("TLS_KEY", NULL);
     c->data_dir = env_str("AICODE_DATA_DIR", "./data");
@@ -109,18 +111,20 @@ int host_config_read(char *problems, size_t problems_len)
     c->lualib_dir = env_str("AICODE_LUALIB_DIR", "./lualib");
     c->db_dir = env_str("AICODE_DB_DIR", "./db");
     c->dev = strcmp(env_str("AICODE_DEV", "0"), "1") == 0;
-    c->max_body = (size_t)env_int("MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20, problems, problems_len, &nproblems);
-    c->max_header_count = (int)env_int("MAX_HEADER_COUNT", 64, 8, 100, problems, problems_len, &nproblems);
+    c->max_body = (size_t)env_int("MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20, problems, problems_len,
+                                  &nproblems);
+    c->max_header_count =
+        (int)env_int("MAX_HEADER_COUNT", 64, 8, 100, problems, problems_len, &nproblems);
     c->max_header_bytes =
         (size_t)env_int("MAX_HEADER_BYTES", 16384, 1024, 65536, problems, problems_len, &nproblems);
-    c->request_timeout_ms =
-        (uint64_t)env_int("REQUEST_TIMEOUT_MS", 30000, 100, 3600000, problems, problems_len, &nproblems);
-    c->idle_timeout_ms =
-        (uint64_t)env_int("IDLE_TIMEOUT_MS", 10000, 100, 3600000, problems, problems_len, &nproblems);
+    c->request_timeout_ms = (uint64_t)env_int("REQUEST_TIMEOUT_MS", 30000, 100, 3600000, problems,
+                                              problems_len, &nproblems);
+    c->idle_timeout_ms = (uint64_t)env_int("IDLE_TIMEOUT_MS", 10000, 100, 3600000, problems,
+                                           problems_len, &nproblems);
     c->max_connections =
         (size_t)env_int("MAX_CONNECTIONS", 4096, 1, 1000000, problems, problems_len, &nproblems);
-    c->drain_timeout_ms =
-        (uint64_t)env_int("DRAIN_TIMEOUT_MS", 20000, 0, 3600000, problems, problems_len, &nproblems);
+    c->drain_timeout_ms = (uint64_t)env_int("DRAIN_TIMEOUT_MS", 20000, 0, 3600000, problems,
+                                            problems_len, &nproblems);
     c->log_file = env_str("LOG_FILE", NULL);
     c->access_ttl_s = 60 * (long)env_int("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 1440, problems,
                                          problems_len, &nproblems);

@@ -81,7 +81,8 @@ static void on_background_done(host_co_t *co, int status, int nresults)
     (void)nresults;
     if (status != LUA_OK) {
         const char *msg = lua_tostring(co->L, -1);
-        host_log("error", "background coroutine failed: %s", msg != NULL ? msg : "(non-string error)");
+        host_log("error", "background coroutine failed: %s",
+                 msg != NULL ? msg : "(non-string error)");
     }
 }
 
@@ -188,9 +189,9 @@ static int l_uuid(lua_State *L)
     fill_random(b, sizeof(b));
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    snprintf(s, sizeof(s), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-             b[15]);
+    snprintf(s, sizeof(s), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
     lua_pushstring(L, s);
     return 1;
 }
@@ -271,7 +272,8 @@ static int l_shared_incr(lua_State *L)
     shared_entry_t *e = shared_table[b];
     while (e != NULL && !(strlen(e->key) == klen && memcmp(e->key, key, klen) == 0))
         e = e->next;
-    if (e == NULL && shared_count < SHARED_MAX_ENTRIES && (e = malloc(sizeof(*e) + klen + 1)) != NULL) {
+    if (e == NULL && shared_count < SHARED_MAX_ENTRIES &&
+        (e = malloc(sizeof(*e) + klen + 1)) != NULL) {
         memcpy(e->key, key, klen);
         e->key[klen] = '\0';
         e->value = 0;

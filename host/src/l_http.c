@@ -369,7 +369,8 @@ static int l_http_request(lua_State *L)
     int follow = opt_bool(L, 1, "follow_redirects");
 
     /* Refuse before creating anything: user-supplied URLs are https only. */
-    if (strncasecmp(url, "https://", 8) != 0 && !(allow_http && strncasecmp(url, "http://", 7) == 0)) {
+    if (strncasecmp(url, "https://", 8) != 0 &&
+        !(allow_http && strncasecmp(url, "http://", 7) == 0)) {
         lua_pushnil(L);
         lua_pushliteral(L, "blocked");
         return 2;

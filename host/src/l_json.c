@@ -467,13 +467,27 @@ static int enc_string(struct enc *e, const char *str, size_t len)
             esc[0] = '\\';
             esclen = 2;
             switch (c) {
-            case '"': esc[1] = '"'; break;
-            case '\\': esc[1] = '\\'; break;
-            case '\n': esc[1] = 'n'; break;
-            case '\t': esc[1] = 't'; break;
-            case '\r': esc[1] = 'r'; break;
-            case '\b': esc[1] = 'b'; break;
-            case '\f': esc[1] = 'f'; break;
+            case '"':
+                esc[1] = '"';
+                break;
+            case '\\':
+                esc[1] = '\\';
+                break;
+            case '\n':
+                esc[1] = 'n';
+                break;
+            case '\t':
+                esc[1] = 't';
+                break;
+            case '\r':
+                esc[1] = 'r';
+                break;
+            case '\b':
+                esc[1] = 'b';
+                break;
+            case '\f':
+                esc[1] = 'f';
+                break;
             default:
                 memcpy(esc, "\\u00", 4);
                 esc[4] = hex[c >> 4];
@@ -784,12 +798,8 @@ static int l_json_is_array(lua_State *L)
 int host_open_json(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
-        {"decode", l_json_decode},
-        {"encode", l_json_encode},
-        {"array", l_json_array},
-        {"object", l_json_object},
-        {"is_array", l_json_is_array},
-        {NULL, NULL},
+        {"decode", l_json_decode}, {"encode", l_json_encode},     {"array", l_json_array},
+        {"object", l_json_object}, {"is_array", l_json_is_array}, {NULL, NULL},
     };
 
     host_json_marker_mt(L, HOST_JSON_ARRAY_MT);

@@ -162,8 +162,8 @@ void host_jwt_shutdown(void)
  * static message. Nothing here calls Lua, so the Lua binding can raise afterwards
  * with no C resource outstanding.
  */
-static int issue_token(const char *user_id, size_t uid_len, const char *type, char *buf,
-                       size_t cap, long *expires_in, const char **why)
+static int issue_token(const char *user_id, size_t uid_len, const char *type, char *buf, size_t cap,
+                       long *expires_in, const char **why)
 {
     jwt_t *jwt = NULL;
     char *tok = NULL;

@@ -289,8 +289,8 @@ static void read_spec(lua_State *L, spawn_spec_t *sp)
             const char *v = host_secret_value(L, -1, &vlen);
             if (v == NULL && lua_type(L, -1) == LUA_TSTRING)
                 v = lua_tolstring(L, -1, &vlen);
-            if (k == NULL || v == NULL || klen == 0 || memchr(k, '=', klen) != NULL || memchr(v, '\0', vlen) != NULL ||
-                sp->nenv >= MAX_ENV) {
+            if (k == NULL || v == NULL || klen == 0 || memchr(k, '=', klen) != NULL ||
+                memchr(v, '\0', vlen) != NULL || sp->nenv >= MAX_ENV) {
                 spec_free(sp);
                 luaL_error(L, "process.spawn: env entries must be NAME = string|secret");
             }
@@ -312,8 +312,8 @@ static void read_spec(lua_State *L, spawn_spec_t *sp)
         static const struct {
             const char *name;
             int resource;
-        } names[] = {{"cpu", RLIMIT_CPU},       {"fsize", RLIMIT_FSIZE}, {"nofile", RLIMIT_NOFILE},
-                     {"nproc", RLIMIT_NPROC},   {"as", RLIMIT_AS},       {"core", RLIMIT_CORE}};
+        } names[] = {{"cpu", RLIMIT_CPU},     {"fsize", RLIMIT_FSIZE}, {"nofile", RLIMIT_NOFILE},
+                     {"nproc", RLIMIT_NPROC}, {"as", RLIMIT_AS},       {"core", RLIMIT_CORE}};
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); ++i) {
             lua_getfield(L, -1, names[i].name);
             if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0) {

@@ -44,7 +44,7 @@
 #define UV_SQL 2   /* array: slot index + 1 -> pinned SQL string of that cache slot */
 
 struct sqlite_db {
-    sqlite3 *db; /* NULL once closed */
+    sqlite3 *db;          /* NULL once closed */
     sqlite3_stmt *active; /* stepped or bound statement not yet reset, or NULL */
     int busy_timeout_ms;
     int nslots;
@@ -272,8 +272,9 @@ static int stmt_bind(lua_State *L, struct sqlite_db *d, sqlite3_stmt *st, int np
             /* fall through */
         default:
             stmt_release(d);
-            return luaL_argerror(L, idx, lua_pushfstring(L, "cannot bind a %s as SQL parameter",
-                                                         luaL_typename(L, idx)));
+            return luaL_argerror(
+                L, idx,
+                lua_pushfstring(L, "cannot bind a %s as SQL parameter", luaL_typename(L, idx)));
         }
         if (rc != SQLITE_OK)
             return rc;
@@ -431,8 +432,7 @@ static int l_sqlite_open(lua_State *L)
             goto fail;
         }
     }
-    rc = sqlite3_exec(d->db, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON", NULL, NULL,
-                      NULL);
+    rc = sqlite3_exec(d->db, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
     return 1;
@@ -633,16 +633,11 @@ static int l_sqlite_guard_close(lua_State *L)
 /* ---- registration ----------------------------------------------------------- */
 
 static const luaL_Reg db_methods[] = {
-    {"exec", l_sqlite_exec},
-    {"query", l_sqlite_query},
-    {"first", l_sqlite_first},
-    {"run", l_sqlite_run},
-    {"begin", l_sqlite_begin},
-    {"commit", l_sqlite_commit},
-    {"rollback", l_sqlite_rollback},
-    {"busy_timeout", l_sqlite_busy_timeout},
-    {"close", l_sqlite_close},
-    {NULL, NULL},
+    {"exec", l_sqlite_exec},         {"query", l_sqlite_query},
+    {"first", l_sqlite_first},       {"run", l_sqlite_run},
+    {"begin", l_sqlite_begin},       {"commit", l_sqlite_commit},
+    {"rollback", l_sqlite_rollback}, {"busy_timeout", l_sqlite_busy_timeout},
+    {"close", l_sqlite_close},       {NULL, NULL},
 };
 
 static const luaL_Reg db_metamethods[] = {

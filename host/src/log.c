@@ -54,8 +54,8 @@ static int is_token_char(int c)
 /* Length of a credential-shaped token starting at p, or 0. */
 static size_t credential_at(const char *p, const char *end)
 {
-    static const char *prefixes[] = {"eyJ", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
-                                     "sk-", "xoxb-", NULL};
+    static const char *prefixes[] = {"eyJ",  "ghp_",        "gho_", "ghu_",  "ghs_",
+                                     "ghr_", "github_pat_", "sk-",  "xoxb-", NULL};
     for (int i = 0; prefixes[i] != NULL; ++i) {
         size_t plen = strlen(prefixes[i]);
         if ((size_t)(end - p) < plen || memcmp(p, prefixes[i], plen) != 0)
@@ -188,8 +188,9 @@ void host_log(const char *level, const char *fmt, ...)
     emit(&l);
 }
 
-void host_log_request(const char *request_id, const char *method, size_t method_len, const char *path,
-                      size_t path_len, int status, double duration_ms, const char *user_id)
+void host_log_request(const char *request_id, const char *method, size_t method_len,
+                      const char *path, size_t path_len, int status, double duration_ms,
+                      const char *user_id)
 {
     line_t l = {.len = 0};
     char num[64];
@@ -236,7 +237,8 @@ static int l_log(lua_State *L)
                     if (t == LUA_TNUMBER || t == LUA_TBOOLEAN) {
                         char num[64];
                         if (t == LUA_TBOOLEAN)
-                            snprintf(num, sizeof(num), "%s", lua_toboolean(L, -1) ? "true" : "false");
+                            snprintf(num, sizeof(num), "%s",
+                                     lua_toboolean(L, -1) ? "true" : "false");
                         else if (lua_isinteger(L, -1))
                             snprintf(num, sizeof(num), "%lld", (long long)lua_tointeger(L, -1));
                         else

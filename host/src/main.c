@@ -43,18 +43,22 @@ static const char usage[] =
 static const char *command_help(const char *cmd)
 {
     if (strcmp(cmd, "serve") == 0)
-        return "usage: aicode serve\n\nServes the API on HOST:PORT (default 127.0.0.1:8000) with WORKERS threads.\n"
+        return "usage: aicode serve\n\nServes the API on HOST:PORT (default 127.0.0.1:8000) with "
+               "WORKERS threads.\n"
                "Applies pending migrations first. SIGTERM drains in-flight requests and exits;\n"
                "SIGHUP reloads scripts/ and lualib/ (AICODE_DEV=1 also reloads on file changes).\n";
     if (strcmp(cmd, "token") == 0)
-        return "usage: aicode token --user USER_ID\n\nPrints a JSON object with an access token, a refresh token and\n"
+        return "usage: aicode token --user USER_ID\n\nPrints a JSON object with an access token, a "
+               "refresh token and\n"
                "expires_in (seconds) for USER_ID (a UUID), creating the user row if missing.\n"
                "This is how tokens are issued when Supabase auth is not configured.\n";
     if (strcmp(cmd, "migrate") == 0)
-        return "usage: aicode migrate\n\nApplies pending migrations from AICODE_DB_DIR (default ./db) to the\n"
+        return "usage: aicode migrate\n\nApplies pending migrations from AICODE_DB_DIR (default "
+               "./db) to the\n"
                "store's database and prints how many were applied.\n";
     if (strcmp(cmd, "check-config") == 0)
-        return "usage: aicode check-config\n\nValidates every configuration variable. Prints \"configuration ok\" and\n"
+        return "usage: aicode check-config\n\nValidates every configuration variable. Prints "
+               "\"configuration ok\" and\n"
                "exits 0, or prints one line per problem and exits 1.\n";
     return NULL;
 }
@@ -123,9 +127,16 @@ static int load_jwt_secret(char *out, size_t cap, char *err, size_t errlen)
 /* Registers every secret-bearing variable with the log redactor. */
 static void register_env_secrets(void)
 {
-    static const char *names[] = {"JWT_SECRET", "SUPABASE_JWT_SECRET", "SUPABASE_SERVICE_ROLE_KEY",
-                                  "SUPABASE_ANON_KEY", "E2B_API_KEY", "ANTHROPIC_API_KEY",
-                                  "OPENAI_API_KEY", "GITHUB_TOKEN", "DATABASE_URL", NULL};
+    static const char *names[] = {"JWT_SECRET",
+                                  "SUPABASE_JWT_SECRET",
+                                  "SUPABASE_SERVICE_ROLE_KEY",
+                                  "SUPABASE_ANON_KEY",
+                                  "E2B_API_KEY",
+                                  "ANTHROPIC_API_KEY",
+                                  "OPENAI_API_KEY",
+                                  "GITHUB_TOKEN",
+                                  "DATABASE_URL",
+                                  NULL};
     for (int i = 0; names[i] != NULL; ++i)
         host_log_register_secret(getenv(names[i]));
 }
@@ -135,7 +146,8 @@ static int prepare_runtime(int migrate_now)
 {
     char err[8192], secret[512];
     if (ensure_dir(host_config.data_dir) != 0) {
-        fprintf(stderr, "aicode: cannot create data directory %s: %s\n", host_config.data_dir, strerror(errno));
+        fprintf(stderr, "aicode: cannot create data directory %s: %s\n", host_config.data_dir,
+                strerror(errno));
         return -1;
     }
     register_env_secrets();
@@ -145,8 +157,9 @@ static int prepare_runtime(int migrate_now)
     }
     host_log_register_secret(secret);
     const char *supa = getenv("SUPABASE_JWT_SECRET");
-    if (host_jwt_configure(secret, strlen(secret), supa, supa != NULL ? strlen(supa) : 0, host_config.access_ttl_s,
-                           host_config.refresh_ttl_s, err, sizeof(err)) != 0) {
+    if (host_jwt_configure(secret, strlen(secret), supa, supa != NULL ? strlen(supa) : 0,
+                           host_config.access_ttl_s, host_config.refresh_ttl_s, err,
+                           sizeof(err)) != 0) {
         fprintf(stderr, "aicode: %s\n", err);
         return -1;
     }
@@ -193,7 +206,8 @@ static int run_lua_cli(const char *cmd, int argc, char **argv, int quiet_ok, FIL
             printf("%s\n", lua_tostring(L, -2));
         rc = 0;
     } else {
-        fprintf(errout, "%s\n", lua_isstring(L, -1) ? lua_tostring(L, -1) : "aicode: command failed");
+        fprintf(errout, "%s\n",
+                lua_isstring(L, -1) ? lua_tostring(L, -1) : "aicode: command failed");
     }
     host_vm_close(gen);
     return rc;
@@ -206,12 +220,16 @@ static int cmd_serve(void)
     /* Settings the scripts read (CORS, rate limits, Supabase) are validated before
      * listening: a typo must not silently fall back to a default. */
     if (run_lua_cli("validate-config", 0, NULL, 1, stderr) != 0) {
-        fprintf(stderr, "aicode: invalid configuration (see above); `aicode check-config` lists every problem\n");
+        fprintf(stderr, "aicode: invalid configuration (see above); `aicode check-config` lists "
+                        "every problem\n");
         return 1;
     }
-    if (getenv("AUTH_TRUST_CLIENT_USER_ID") != NULL && strcmp(getenv("AUTH_TRUST_CLIENT_USER_ID"), "1") == 0)
-        host_log("warn", "AUTH_TRUST_CLIENT_USER_ID=1: POST /api/auth/token issues tokens for ANY user_id "
-                         "without proof of identity. Use only with the unmodified legacy frontend on a trusted network.");
+    if (getenv("AUTH_TRUST_CLIENT_USER_ID") != NULL &&
+        strcmp(getenv("AUTH_TRUST_CLIENT_USER_ID"), "1") == 0)
+        host_log("warn",
+                 "AUTH_TRUST_CLIENT_USER_ID=1: POST /api/auth/token issues tokens for ANY user_id "
+                 "without proof of identity. Use only with the unmodified legacy frontend on a "
+                 "trusted network.");
     if (host_server_init() != 0 || host_server_start() != 0)
         return 1;
     if (host_config.dev) {
@@ -258,7 +276,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     umask(077); /* the database, the JWT secret and logs are private to the service user */
 
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }

@@ -22,7 +22,8 @@ static int by_name(const struct dirent **a, const struct dirent **b)
 static int is_migration(const struct dirent *de)
 {
     size_t n = strlen(de->d_name);
-    return n > 4 && strcmp(de->d_name + n - 4, ".sql") == 0 && de->d_name[0] >= '0' && de->d_name[0] <= '9';
+    return n > 4 && strcmp(de->d_name + n - 4, ".sql") == 0 && de->d_name[0] >= '0' &&
+           de->d_name[0] <= '9';
 }
 
 static char *read_file(const char *path)
@@ -54,7 +55,8 @@ int host_migrate_sqlite(const char *db_path, const char *dir, char *err, size_t 
     snprintf(sqldir, sizeof(sqldir), "%s/sqlite", dir);
 
     if (sqlite3_open(db_path, &db) != SQLITE_OK) {
-        snprintf(err, errlen, "cannot open %s: %s", db_path, db != NULL ? sqlite3_errmsg(db) : "out of memory");
+        snprintf(err, errlen, "cannot open %s: %s", db_path,
+                 db != NULL ? sqlite3_errmsg(db) : "out of memory");
         goto cleanup;
     }
     sqlite3_busy_timeout(db, 10000);
@@ -90,7 +92,8 @@ int host_migrate_sqlite(const char *db_path, const char *dir, char *err, size_t 
         /* BEGIN IMMEDIATE serialises concurrent migrators (two hosts starting at once). */
         int ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &errmsg) == SQLITE_OK;
         if (ok) {
-            sqlite3_prepare_v2(db, "SELECT 1 FROM schema_migrations WHERE version = ?", -1, &st, NULL);
+            sqlite3_prepare_v2(db, "SELECT 1 FROM schema_migrations WHERE version = ?", -1, &st,
+                               NULL);
             sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
             int raced = sqlite3_step(st) == SQLITE_ROW;
             sqlite3_finalize(st);
@@ -102,7 +105,8 @@ int host_migrate_sqlite(const char *db_path, const char *dir, char *err, size_t 
             ok = sqlite3_exec(db, sql, NULL, NULL, &errmsg) == SQLITE_OK;
         }
         if (ok) {
-            sqlite3_prepare_v2(db, "INSERT INTO schema_migrations (version) VALUES (?)", -1, &st, NULL);
+            sqlite3_prepare_v2(db, "INSERT INTO schema_migrations (version) VALUES (?)", -1, &st,
+                               NULL);
             sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
             ok = sqlite3_step(st) == SQLITE_DONE;
             sqlite3_finalize(st);
@@ -111,7 +115,8 @@ int host_migrate_sqlite(const char *db_path, const char *dir, char *err, size_t 
             ok = sqlite3_exec(db, "COMMIT", NULL, NULL, &errmsg) == SQLITE_OK;
         free(sql);
         if (!ok) {
-            snprintf(err, errlen, "migration %s failed: %s", name, errmsg != NULL ? errmsg : sqlite3_errmsg(db));
+            snprintf(err, errlen, "migration %s failed: %s", name,
+                     errmsg != NULL ? errmsg : sqlite3_errmsg(db));
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
             goto cleanup;
         }

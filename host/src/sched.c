@@ -48,8 +48,8 @@ host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_
     co->on_done = on_done;
     co->owner = owner;
     co->deadline_ms = deadline_ms;
-    co->L = lua_newthread(gen->L);                       /* thread */
-    co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX);       /* - */
+    co->L = lua_newthread(gen->L);                 /* thread */
+    co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX); /* - */
     *(host_co_t **)lua_getextraspace(co->L) = co;
     lua_sethook(co->L, on_count_hook, LUA_MASKCOUNT, DEADLINE_CHECK_INSTRUCTIONS);
     ++gen->refs;

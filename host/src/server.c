@@ -73,24 +73,42 @@ void host_gen_release(host_gen_t *gen)
 static const char *reason_phrase(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "OK";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "OK";
     }
 }
 
@@ -98,8 +116,8 @@ static void log_request(request_rec_t *r, int status, const char *user_id)
 {
     h2o_req_t *req = r->req;
     size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
-    host_log_request(r->request_id, req->method.base, req->method.len, req->path.base, path_len, status,
-                     (double)(now_us() - r->started_us) / 1000.0, user_id);
+    host_log_request(r->request_id, req->method.base, req->method.len, req->path.base, path_len,
+                     status, (double)(now_us() - r->started_us) / 1000.0, user_id);
 }
 
 /* Error responses produced by the host itself (before or outside Lua). */
@@ -111,8 +129,8 @@ static void send_json_error(h2o_req_t *req, const char *request_id, int status, 
     req->res.reason = reason_phrase(status);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                    H2O_STRLIT("application/json"));
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, request_id,
-                          strlen(request_id));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
+                          request_id, strlen(request_id));
     h2o_send_inline(req, body, (size_t)n);
 }
 
@@ -176,12 +194,14 @@ static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_i
         while (lua_next(L, -2) != 0) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
                 size_t nlen, vlen;
-                const char *name = lua_tolstring(L, -2, &nlen), *value = lua_tolstring(L, -1, &vlen);
+                const char *name = lua_tolstring(L, -2, &nlen),
+                           *value = lua_tolstring(L, -1, &vlen);
                 if (valid_header_name(name, nlen) && valid_header_value(value, vlen)) {
                     h2o_iovec_t n = h2o_strdup(&req->pool, name, nlen);
                     h2o_strtolower(n.base, n.len);
                     h2o_iovec_t v = h2o_strdup(&req->pool, value, vlen);
-                    h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+                    h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL,
+                                          v.base, v.len);
                 }
             }
             lua_pop(L, 1);
@@ -190,6 +210,7 @@ static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_i
     lua_pop(L, 1);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
                           r->request_id, strlen(r->request_id));
+    req->res.content_length = body_len;   /* a Content-Length instead of chunked encoding */
     h2o_send_inline(req, body, body_len); /* copies the body into the request pool */
     lua_settop(L, body_idx - 1);
     return (int)status;
@@ -211,7 +232,8 @@ static void on_request_done(host_co_t *co, int status, int nresults)
             host_log("error", "request %s: handler returned an invalid response", r->request_id);
     } else {
         const char *msg = lua_tostring(co->L, -1);
-        host_log("error", "request %s: %s", r->request_id, msg != NULL ? msg : "(non-string error)");
+        host_log("error", "request %s: %s", r->request_id,
+                 msg != NULL ? msg : "(non-string error)");
     }
     if (sent < 0) {
         sent = 500;
@@ -317,7 +339,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     size_t header_bytes = 0;
     for (size_t i = 0; i != req->headers.size; ++i)
         header_bytes += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
-    if (req->headers.size > (size_t)host_config.max_header_count || header_bytes > host_config.max_header_bytes) {
+    if (req->headers.size > (size_t)host_config.max_header_count ||
+        header_bytes > host_config.max_header_bytes) {
         send_json_error(req, r->request_id, 431, "Request header fields too large");
         log_request(r, 431, NULL);
         return 0;
@@ -359,8 +382,8 @@ typedef struct {
     h2o_iovec_t json;
 } json_error_ostream_t;
 
-static void json_error_do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
-                               h2o_send_state_t state)
+static void json_error_do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs,
+                               size_t bufcnt, h2o_send_state_t state)
 {
     json_error_ostream_t *o = (json_error_ostream_t *)self;
     (void)bufs;
@@ -391,7 +414,8 @@ static void on_setup_error_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostre
         o->super.do_send = json_error_do_send;
         o->json = h2o_iovec_init(body, (size_t)n);
         host_log_request(request_id, req->method.base, req->method.len, req->path.base,
-                         req->query_at != SIZE_MAX ? req->query_at : req->path.len, req->res.status, 0, NULL);
+                         req->query_at != SIZE_MAX ? req->query_at : req->path.len, req->res.status,
+                         0, NULL);
         slot = &o->super.next;
     }
     h2o_setup_next_ostream(req, slot);
@@ -428,7 +452,8 @@ static void worker_reload(host_worker_t *w)
     char err[2048];
     host_gen_t *gen = host_vm_build("app.server", "handle", err, sizeof(err));
     if (gen == NULL) {
-        host_log("error", "worker %d: reload failed, keeping generation %u: %s", w->index, w->gen->id, err);
+        host_log("error", "worker %d: reload failed, keeping generation %u: %s", w->index,
+                 w->gen->id, err);
         return;
     }
     host_gen_t *old = w->gen;
@@ -467,7 +492,8 @@ static void on_control(h2o_multithread_receiver_t *receiver, h2o_linklist_t *mes
 
 static int create_listener(void)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res;
     char port[16];
     snprintf(port, sizeof(port), "%d", host_config.port);
@@ -481,7 +507,8 @@ static int create_listener(void)
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
-        host_log("error", "cannot listen on %s:%d: %s", host_config.host, host_config.port, strerror(errno));
+        host_log("error", "cannot listen on %s:%d: %s", host_config.host, host_config.port,
+                 strerror(errno));
         if (fd >= 0)
             close(fd);
         freeaddrinfo(res);
@@ -500,7 +527,8 @@ int host_server_init(void)
     globalconf.max_request_entity_size = host_config.max_body;
     globalconf.http1.req_timeout = host_config.idle_timeout_ms;
     globalconf.http2.idle_timeout = host_config.idle_timeout_ms;
-    h2o_hostconf_t *hostconf = h2o_config_register_host(&globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_hostconf_t *hostconf =
+        h2o_config_register_host(&globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(pathconf, sizeof(*handler));
     handler->on_req = on_req;
@@ -525,8 +553,10 @@ int host_server_init(void)
         if (what != NULL) {
             const char *reason = ERR_reason_error_string(ERR_peek_error());
             const char *file = what[4] == 'C' ? host_config.tls_cert : host_config.tls_key;
-            host_log("error", "cannot load %s %s: %s", what, file, reason != NULL ? reason : "unknown error");
-            fprintf(stderr, "aicode: cannot load %s %s: %s\n", what, file, reason != NULL ? reason : "unknown error");
+            host_log("error", "cannot load %s %s: %s", what, file,
+                     reason != NULL ? reason : "unknown error");
+            fprintf(stderr, "aicode: cannot load %s %s: %s\n", what, file,
+                    reason != NULL ? reason : "unknown error");
             return -1;
         }
         h2o_ssl_register_alpn_protocols(ssl_ctx, h2o_http2_alpn_protocols);
@@ -545,7 +575,8 @@ static void *worker_main(void *arg)
     while (!w->draining || w->inflight != 0) {
         h2o_evloop_run(w->loop, 50);
         if (w->draining && host_now_ms() > w->drain_deadline_ms) {
-            host_log("warn", "worker %d: drain timeout with %zu requests in flight", w->index, w->inflight);
+            host_log("warn", "worker %d: drain timeout with %zu requests in flight", w->index,
+                     w->inflight);
             break;
         }
     }
@@ -577,7 +608,8 @@ int host_server_start(void)
         w->gen = host_vm_build("app.server", "handle", err, sizeof(err));
         host_current_worker = NULL;
         if (w->timers == NULL || w->http == NULL || w->gen == NULL) {
-            host_log("error", "cannot start worker %d: %s", i, w->gen == NULL ? err : "out of resources");
+            host_log("error", "cannot start worker %d: %s", i,
+                     w->gen == NULL ? err : "out of resources");
             return -1;
         }
         int fd = create_listener();

@@ -31,7 +31,8 @@ static int l_read_source(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     FILE *fp = fopen(path, "rb");
     struct stat st;
-    if (fp == NULL || fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_SOURCE_BYTES) {
+    if (fp == NULL || fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size > MAX_SOURCE_BYTES) {
         if (fp != NULL)
             fclose(fp);
         lua_pushnil(L);
@@ -116,15 +117,15 @@ static int load_generation(lua_State *L)
     lua_newtable(L);
     list_lua_files(L, host_config.lualib_dir, 0);
     list_lua_files(L, host_config.scripts_dir, 0);
-    lua_call(L, 5, 2);                /* module field require finish */
-    lua_pushvalue(L, -2);             /* ... require finish require */
+    lua_call(L, 5, 2);    /* module field require finish */
+    lua_pushvalue(L, -2); /* ... require finish require */
     lua_pushstring(L, module);
-    lua_call(L, 1, 1);                /* ... require finish mod */
-    lua_insert(L, -2);                /* ... require mod finish */
-    lua_call(L, 0, 0);                /* ... require mod */
+    lua_call(L, 1, 1); /* ... require finish mod */
+    lua_insert(L, -2); /* ... require mod finish */
+    lua_call(L, 0, 0); /* ... require mod */
     if (!lua_istable(L, -1))
         return luaL_error(L, "module '%s' must return a table", module);
-    lua_getfield(L, -1, field);       /* ... require mod fn */
+    lua_getfield(L, -1, field); /* ... require mod fn */
     if (!lua_isfunction(L, -1))
         return luaL_error(L, "module '%s' has no function '%s'", module, field);
     return 1;
@@ -143,7 +144,8 @@ host_gen_t *host_vm_build(const char *module, const char *field, char *err, size
     lua_pushstring(L, module);
     lua_pushstring(L, field);
     if (lua_pcall(L, 2, 1, 1) != LUA_OK) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1) != NULL ? lua_tostring(L, -1) : "load failed");
+        snprintf(err, errlen, "%s",
+                 lua_tostring(L, -1) != NULL ? lua_tostring(L, -1) : "load failed");
         lua_close(L);
         return NULL;
     }

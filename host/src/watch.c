@@ -14,7 +14,8 @@
 #include "host/server.h"
 #include "host/watch.h"
 
-#define WATCH_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB)
+#define WATCH_MASK                                                                                 \
+    (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB)
 #define DEBOUNCE_MS 100
 
 static int inotify_fd = -1;

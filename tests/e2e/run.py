@@ -29,6 +29,13 @@ class TapResult(unittest.TextTestResult):
         self._line(False, test)
         print("# " + self._exc_info_to_string(err, test).replace("\n", "\n# "), flush=True)
 
+    def addSubTest(self, test, subtest, err):
+        # Subtest failures never reach addFailure: report each one as its own line.
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self._line(False, subtest)
+            print("# " + self._exc_info_to_string(err, test).replace("\n", "\n# "), flush=True)
+
     def addSkip(self, test, reason):
         # A skipped test is not a pass: report it as a failure so nothing goes green by skipping.
         super().addSkip(test, reason)

@@ -2,10 +2,8 @@
 requests, WORKERS=2 really runs two workers (two VMs), and every request leaves
 exactly one JSON access-log line."""
 import json
-import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 import unittest

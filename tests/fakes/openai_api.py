@@ -131,6 +131,14 @@ class Handler(base.Handler):
             return self._send(200, {"id": path.rsplit("/", 1)[-1], "object": "model", "created": 1767225600,
                                     "owned_by": "openai"})
         if path.endswith("/responses") and self.command == "POST":
+            if self.headers.get("x-openai-internal-codex-responses-lite") or (
+                    isinstance(body, dict) and "tools" not in body and any(
+                        isinstance(it, dict) and it.get("type") == "additional_tools" for it in body.get("input") or [])):
+                # Codex's internal "responses-lite" format (its newest default models, code-mode `exec`
+                # tool): not the public Responses API. Fail loudly instead of answering nonsense.
+                return self._error(400, "fake openai_api: Codex sent an internal responses-lite request "
+                                   "(model %s); run codex with a model that uses the public Responses API, "
+                                   "e.g. -m gpt-5.5" % (body or {}).get("model"))
             if not isinstance(body, dict) or "input" not in body or not body.get("model"):
                 return self._error(400, "Missing required parameter: 'input'." if isinstance(body, dict)
                                    else "We could not parse the JSON body of your request.")

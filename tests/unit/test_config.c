@@ -36,7 +36,8 @@ int main(void)
     ok(host_config_load_dotenv(path, err, sizeof(err)) == 0, "a missing .env is not an error");
 
     ok(host_config_read(problems, sizeof(problems)) == 0, "defaults are valid");
-    ok(host_config.port == 8000 && strcmp(host_config.host, "127.0.0.1") == 0, "default 127.0.0.1:8000");
+    ok(host_config.port == 8000 && strcmp(host_config.host, "127.0.0.1") == 0,
+       "default 127.0.0.1:8000");
     ok(host_config.max_body == 1024 * 1024, "default body limit 1 MiB");
     ok(host_config.access_ttl_s == 3600, "access tokens last 60 minutes");
 
@@ -48,9 +49,11 @@ int main(void)
     ok(n == 5, "five problems reported (%d)", n);
     ok(strstr(problems, "PORT must be an integer between 0 and 65535") != NULL, "PORT range");
     ok(strstr(problems, "WORKERS") != NULL, "WORKERS not an integer");
-    ok(strstr(problems, "JWT_SECRET must be at least 32 bytes") != NULL, "short JWT_SECRET refused");
+    ok(strstr(problems, "JWT_SECRET must be at least 32 bytes") != NULL,
+       "short JWT_SECRET refused");
     ok(strstr(problems, "TLS_CERT and TLS_KEY must be set together") != NULL, "TLS pair");
-    ok(strstr(problems, "TLS_CERT: cannot read /nonexistent.pem") != NULL, "unreadable certificate");
+    ok(strstr(problems, "TLS_CERT: cannot read /nonexistent.pem") != NULL,
+       "unreadable certificate");
     ok(strstr(problems, "too-short") == NULL, "the secret itself is not echoed");
 
     snprintf(path, sizeof(path), "%s/.env", dir);

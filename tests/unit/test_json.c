@@ -72,8 +72,7 @@ static void check_encode_err(const char *expr, const char *want)
 }
 
 /* Decoding `text` (length `len`) must fail with a message containing `want`. */
-static void check_decode_err_len(const char *name, const char *text, size_t len,
-                                 const char *want)
+static void check_decode_err_len(const char *name, const char *text, size_t len, const char *want)
 {
     char err[256] = "";
     int rc = host_json_push_decoded(L, text, len, err, sizeof(err));
@@ -164,7 +163,7 @@ static void test_containers(void)
     check_roundtrip("{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[[]]],\"e\":{\"f\":{}}}");
     check_roundtrip("[1,\"two\",true,false,null,{\"x\":[1.5]}]");
     lua_check("decoded [] is an array, {} is not", "return json.is_array(json.decode('[]')) and "
-                                                    "not json.is_array(json.decode('{}'))");
+                                                   "not json.is_array(json.decode('{}'))");
     lua_check("decoded values are plain tables",
               "local t = json.decode('[1,2,3]') return #t == 3 and t[3] == 3");
     check_encode("{1, 2, 3}", "[1,2,3]");
@@ -303,9 +302,8 @@ static void test_strings(void)
                  "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xe2\x80\xa7\xe2\x80\xaa\"");
     check_encode("''", "\"\"");
     check_encode("{['k\\n'] = 'v\\t'}", "{\"k\\n\":\"v\\t\"}");
-    lua_check("escaped strings decode back",
-              "local s = 'q\"b\\\\s/\\n\\t\\1\\u{2028}\\u{e9}' "
-              "return json.decode(json.encode(s)) == s");
+    lua_check("escaped strings decode back", "local s = 'q\"b\\\\s/\\n\\t\\1\\u{2028}\\u{e9}' "
+                                             "return json.decode(json.encode(s)) == s");
     check_roundtrip("\"a\\\\b\\\"c\\u0001\"");
     lua_check("\\u escapes decode to UTF-8",
               "return json.decode('\"\\\\u00e9\\\\ud83d\\\\ude00\"') == '\\u{e9}\\u{1f600}'");
@@ -455,8 +453,7 @@ static void test_fresh_state(void)
 
     if (rc == 0)
         rc = host_json_push_encoded(L2, -1, err, sizeof(err));
-    ok(rc == 0 && strcmp(lua_tostring(L2, -1), "[{}]") == 0,
-       "helpers work without host_open_json");
+    ok(rc == 0 && strcmp(lua_tostring(L2, -1), "[{}]") == 0, "helpers work without host_open_json");
     lua_close(L2);
 }
 

@@ -88,8 +88,7 @@ static void setup(lua_State *L, const char *dir)
 
 static void run_script(lua_State *L, const char *name, const char *src)
 {
-    if (luaL_loadbuffer(L, src, strlen(src), name) != LUA_OK ||
-        lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    if (luaL_loadbuffer(L, src, strlen(src), name) != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
         ok(0, "%s ran without error: %s", name, lua_tostring(L, -1));
         lua_pop(L, 1);
     }

@@ -12,19 +12,19 @@
 #define AICODE_VERSION "0.1.0"
 
 typedef struct host_config_t {
-    const char *host;        /* HOST, default 127.0.0.1 */
-    int port;                /* PORT, default 8000 */
-    int workers;             /* WORKERS, default number of cores */
-    const char *tls_cert;    /* TLS_CERT */
-    const char *tls_key;     /* TLS_KEY */
-    const char *data_dir;    /* AICODE_DATA_DIR, default ./data */
-    const char *scripts_dir; /* AICODE_SCRIPTS_DIR, default ./scripts */
-    const char *lualib_dir;  /* AICODE_LUALIB_DIR, default ./lualib */
-    const char *db_dir;      /* AICODE_DB_DIR (migrations), default ./db */
-    int dev;                 /* AICODE_DEV=1: watch scripts and hot reload */
-    size_t max_body;         /* MAX_BODY_BYTES, default 1 MiB */
-    int max_header_count;    /* MAX_HEADER_COUNT, default 64 */
-    size_t max_header_bytes; /* MAX_HEADER_BYTES, default 16 KiB */
+    const char *host;            /* HOST, default 127.0.0.1 */
+    int port;                    /* PORT, default 8000 */
+    int workers;                 /* WORKERS, default number of cores */
+    const char *tls_cert;        /* TLS_CERT */
+    const char *tls_key;         /* TLS_KEY */
+    const char *data_dir;        /* AICODE_DATA_DIR, default ./data */
+    const char *scripts_dir;     /* AICODE_SCRIPTS_DIR, default ./scripts */
+    const char *lualib_dir;      /* AICODE_LUALIB_DIR, default ./lualib */
+    const char *db_dir;          /* AICODE_DB_DIR (migrations), default ./db */
+    int dev;                     /* AICODE_DEV=1: watch scripts and hot reload */
+    size_t max_body;             /* MAX_BODY_BYTES, default 1 MiB */
+    int max_header_count;        /* MAX_HEADER_COUNT, default 64 */
+    size_t max_header_bytes;     /* MAX_HEADER_BYTES, default 16 KiB */
     uint64_t request_timeout_ms; /* REQUEST_TIMEOUT_MS, default 30000 */
     uint64_t idle_timeout_ms;    /* IDLE_TIMEOUT_MS, default 10000 (also header read timeout) */
     size_t max_connections;      /* MAX_CONNECTIONS, default 4096 */

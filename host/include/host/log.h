@@ -28,8 +28,9 @@ void host_log_register_secret(const char *value);
 void host_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /** Access log line for a finished request. */
-void host_log_request(const char *request_id, const char *method, size_t method_len, const char *path,
-                      size_t path_len, int status, double duration_ms, const char *user_id);
+void host_log_request(const char *request_id, const char *method, size_t method_len,
+                      const char *path, size_t path_len, int status, double duration_ms,
+                      const char *user_id);
 
 /**
  * Copies `in` to `out` (capacity `cap`, NUL-terminated) with secrets replaced.

@@ -27,11 +27,11 @@ typedef void (*host_op_cancel_cb)(void *op);
 typedef void (*host_co_done_cb)(host_co_t *co, int status, int nresults);
 
 struct host_co_t {
-    lua_State *L;         /* the coroutine thread */
-    int ref;              /* anchors L in gen->L's registry */
-    host_gen_t *gen;      /* generation the coroutine runs on */
+    lua_State *L;    /* the coroutine thread */
+    int ref;         /* anchors L in gen->L's registry */
+    host_gen_t *gen; /* generation the coroutine runs on */
     host_worker_t *worker;
-    void *op;             /* pending operation, NULL when running or idle */
+    void *op; /* pending operation, NULL when running or idle */
     host_op_cancel_cb cancel;
     host_co_done_cb on_done;
     void *owner;          /* the request record, for on_done */
@@ -44,7 +44,8 @@ struct host_co_t {
  * Creates a coroutine on the worker's current generation. The function to run
  * must then be pushed onto co->L, followed by its arguments.
  */
-host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner, uint64_t deadline_ms);
+host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner,
+                       uint64_t deadline_ms);
 
 /**
  * Like host_co_new, on an explicit generation: a coroutine spawned from Lua must

@@ -18,7 +18,6 @@ of 5 makes concurrent connects stall in SYN retries (toolchain-facts §9).
 """
 import http.server
 import json
-import socketserver
 import threading
 import time
 
