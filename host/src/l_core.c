@@ -349,6 +349,107 @@ static int l_traceback(lua_State *L)
     return 1;
 }
 
+/* --- host.vault: short-lived secrets handed from one worker's VM to another's ---
+ * A GitHub token arrives with POST /api/start-task on any worker but is used by the
+ * task engine on worker 0. It must never be stored in the database, so it waits
+ * here, in process memory only, until the engine takes it (or it expires). */
+
+typedef struct vault_entry {
+    struct vault_entry *next;
+    double expires_at;
+    char *key, *value;
+    size_t value_len;
+} vault_entry_t;
+
+static vault_entry_t *vault;
+static size_t vault_count;
+static pthread_mutex_t vault_lock = PTHREAD_MUTEX_INITIALIZER;
+#define VAULT_MAX_ENTRIES 10000
+
+static void vault_free(vault_entry_t *e)
+{
+    explicit_bzero(e->value, e->value_len);
+    free(e->key);
+    free(e->value);
+    free(e);
+}
+
+/* Unlinks expired entries and the entry for `key` (if any); returns the latter. */
+static vault_entry_t *vault_unlink(const char *key, double now)
+{
+    vault_entry_t *found = NULL;
+    for (vault_entry_t **slot = &vault; *slot != NULL;) {
+        vault_entry_t *e = *slot;
+        if (e->expires_at <= now || (found == NULL && key != NULL && strcmp(e->key, key) == 0)) {
+            *slot = e->next;
+            --vault_count;
+            if (e->expires_at > now && key != NULL && strcmp(e->key, key) == 0)
+                found = e;
+            else
+                vault_free(e);
+        } else {
+            slot = &e->next;
+        }
+    }
+    return found;
+}
+
+static int l_vault_put(lua_State *L)
+{
+    const char *key = luaL_checkstring(L, 1);
+    size_t vlen;
+    const char *value = luaL_checklstring(L, 2, &vlen);
+    lua_Number ttl = luaL_checknumber(L, 3);
+    luaL_argcheck(L, ttl > 0 && ttl <= 7 * 86400, 3, "ttl out of range");
+    vault_entry_t *e = calloc(1, sizeof(*e));
+    if (e == NULL || (e->key = strdup(key)) == NULL || (e->value = malloc(vlen + 1)) == NULL) {
+        if (e != NULL)
+            free(e->key);
+        free(e);
+        return luaL_error(L, "out of memory");
+    }
+    memcpy(e->value, value, vlen);
+    e->value[vlen] = '\0';
+    e->value_len = vlen;
+    double now = now_s();
+    e->expires_at = now + ttl;
+    pthread_mutex_lock(&vault_lock);
+    vault_entry_t *old = vault_unlink(key, now);
+    int full = vault_count >= VAULT_MAX_ENTRIES;
+    if (!full) {
+        e->next = vault;
+        vault = e;
+        ++vault_count;
+    }
+    pthread_mutex_unlock(&vault_lock);
+    if (old != NULL)
+        vault_free(old);
+    if (full) {
+        vault_free(e);
+        lua_pushnil(L);
+        lua_pushliteral(L, "vault full");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* host.vault.take(key) -> value | nil: removes the entry. */
+static int l_vault_take(lua_State *L)
+{
+    const char *key = luaL_checkstring(L, 1);
+    pthread_mutex_lock(&vault_lock);
+    vault_entry_t *e = vault_unlink(key, now_s());
+    pthread_mutex_unlock(&vault_lock);
+    if (e == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushlstring(L, e->value, e->value_len);
+    vault_free(e);
+    return 1;
+}
+
 int host_open_core(lua_State *L)
 {
     static const luaL_Reg funcs[] = {{"now", l_now},
@@ -367,6 +468,9 @@ int host_open_core(lua_State *L)
     luaL_newlib(L, funcs);
     luaL_newlib(L, shared);
     lua_setfield(L, -2, "shared");
+    static const luaL_Reg vault_funcs[] = {{"put", l_vault_put}, {"take", l_vault_take}, {NULL, NULL}};
+    luaL_newlib(L, vault_funcs);
+    lua_setfield(L, -2, "vault");
     lua_createtable(L, 0, 6);
     lua_pushstring(L, AICODE_VERSION);
     lua_setfield(L, -2, "version");

@@ -162,8 +162,8 @@ void host_jwt_shutdown(void)
  * static message. Nothing here calls Lua, so the Lua binding can raise afterwards
  * with no C resource outstanding.
  */
-static int issue_token(const char *user_id, size_t uid_len, const char *type, char *buf, size_t cap,
-                       long *expires_in, const char **why)
+static int issue_token(const char *user_id, size_t uid_len, const char *type, const char *scope,
+                       char *buf, size_t cap, long *expires_in, const char **why)
 {
     jwt_t *jwt = NULL;
     char *tok = NULL;
@@ -179,8 +179,16 @@ static int issue_token(const char *user_id, size_t uid_len, const char *type, ch
         ttl = g_cfg.access_ttl;
     } else if (strcmp(type, "refresh") == 0) {
         ttl = g_cfg.refresh_ttl;
+    } else if (strcmp(type, "stream") == 0) {
+        /* For EventSource, which cannot send headers: the token travels in a URL,
+         * so it is short-lived and scoped to one resource. */
+        ttl = HOST_JWT_STREAM_TTL;
+        if (scope == NULL || *scope == '\0') {
+            *why = "stream tokens need a scope";
+            goto cleanup;
+        }
     } else {
-        *why = "type must be 'access' or 'refresh'";
+        *why = "type must be 'access', 'refresh' or 'stream'";
         goto cleanup;
     }
     /* An embedded NUL would be silently truncated by libjwt's C-string API. */
@@ -194,6 +202,7 @@ static int issue_token(const char *user_id, size_t uid_len, const char *type, ch
     if (jwt_new(&jwt) != 0 || jwt_add_grant(jwt, "user_id", user_id) != 0 ||
         jwt_add_grant(jwt, "type", type) != 0 || jwt_add_grant_int(jwt, "exp", now + ttl) != 0 ||
         jwt_add_grant_int(jwt, "iat", now) != 0 ||
+        (scope != NULL && jwt_add_grant(jwt, "scope", scope) != 0) ||
         jwt_set_alg(jwt, JWT_ALG_HS256, g_cfg.secret, (int)g_cfg.secret_len) != 0)
         goto cleanup;
     tok = jwt_encode_str(jwt);
@@ -225,7 +234,7 @@ int host_jwt_issue_c(const char *user_id, const char *type, char **out_token, lo
     *out_token = NULL;
     if (user_id == NULL || type == NULL)
         return -1;
-    if (issue_token(user_id, strlen(user_id), type, buf, sizeof(buf), expires_in, &why) != 0)
+    if (issue_token(user_id, strlen(user_id), type, NULL, buf, sizeof(buf), expires_in, &why) != 0)
         return -1;
     n = strlen(buf) + 1;
     *out_token = malloc(n);
@@ -364,10 +373,11 @@ static int l_jwt_issue(lua_State *L)
     size_t uid_len;
     const char *user_id = luaL_checklstring(L, 1, &uid_len);
     const char *type = luaL_checkstring(L, 2);
+    const char *scope = luaL_optstring(L, 3, NULL);
     const char *why = NULL;
     long expires_in = 0;
 
-    if (issue_token(user_id, uid_len, type, buf, sizeof(buf), &expires_in, &why) != 0)
+    if (issue_token(user_id, uid_len, type, scope, buf, sizeof(buf), &expires_in, &why) != 0)
         return luaL_error(L, "jwt.issue: %s", why);
     lua_pushstring(L, buf);
     lua_pushinteger(L, (lua_Integer)expires_in);

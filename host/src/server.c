@@ -54,7 +54,15 @@ typedef struct {
     uint64_t started_ms;
     uint64_t started_us;
     char request_id[17];
+    /* Streaming responses (Server-Sent Events): see start_stream(). */
+    h2o_generator_t generator;
+    char *stream_buf; /* the chunk h2o is sending; h2o keeps only a pointer */
+    int streaming, write_pending, stream_status;
+    const char *user_id;
 } request_rec_t;
+
+/* A streaming response may run this long before its CPU-time guard trips. */
+#define STREAM_MAX_MS (2 * 60 * 60 * 1000)
 
 static uint64_t now_us(void)
 {
@@ -163,7 +171,108 @@ static int valid_header_value(const char *s, size_t n)
     return 1;
 }
 
-/* Reads the handler's response table (top of L) and sends it. Returns the status. */
+/*
+ * Streaming responses. A handler may return {status, headers, stream = fn}: the
+ * host sends the headers, then runs fn(write) in a new coroutine on the same VM.
+ * write(chunk) hands the chunk to h2o and yields until h2o asks for more (its
+ * proceed callback), so a slow client slows the producer instead of growing a
+ * buffer; it returns true, or never returns if the client went away (the request's
+ * dispose destroys the coroutine). When fn returns, the response ends.
+ */
+static void on_stream_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    request_rec_t *r = H2O_STRUCT_FROM_MEMBER(request_rec_t, generator, gen);
+    (void)req;
+    free(r->stream_buf);
+    r->stream_buf = NULL;
+    r->write_pending = 0;
+    host_co_t *co = r->co;
+    if (co != NULL && co->op == r) {
+        host_co_clear_op(co);
+        lua_pushboolean(co->L, 1);
+        host_co_resume(co, 1);
+    }
+}
+
+static void on_stream_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    /* The request is being torn down; on_request_dispose cancels the coroutine. */
+    (void)gen;
+    (void)req;
+}
+
+static void stream_write_cancel(void *op)
+{
+    (void)op; /* nothing owned: the buffer is freed with the request record */
+}
+
+static int l_stream_write(lua_State *L)
+{
+    host_co_t *co = host_co_current(L);
+    request_rec_t *r = co != NULL ? co->owner : NULL;
+    if (r == NULL || !r->streaming)
+        return luaL_error(L, "write() is only valid inside a streaming response");
+    size_t n;
+    const char *chunk = luaL_checklstring(L, 1, &n);
+    if (n == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    r->stream_buf = malloc(n);
+    if (r->stream_buf == NULL)
+        return luaL_error(L, "out of memory");
+    memcpy(r->stream_buf, chunk, n);
+    h2o_iovec_t iov = h2o_iovec_init(r->stream_buf, n);
+    r->write_pending = 1;
+    h2o_send(r->req, &iov, 1, H2O_SEND_STATE_IN_PROGRESS);
+    if (!r->write_pending) { /* h2o took it synchronously */
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_settop(L, 0);
+    return host_co_yield_op(L, r, stream_write_cancel);
+}
+
+static void on_stream_done(host_co_t *co, int status, int nresults)
+{
+    request_rec_t *r = co->owner;
+    (void)nresults;
+    if (r == NULL)
+        return;
+    r->co = NULL;
+    if (status != LUA_OK) {
+        const char *msg = lua_tostring(co->L, -1);
+        host_log("error", "request %s: stream: %s", r->request_id,
+                 msg != NULL ? msg : "(non-string error)");
+    }
+    /* Log first: ending the response may dispose the request (and r with it). */
+    log_request(r, r->stream_status, r->user_id);
+    h2o_send(r->req, NULL, 0, status == LUA_OK ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_ERROR);
+}
+
+/* Starts a streaming response; the stream function is on top of L. Returns 0. */
+static int start_stream(request_rec_t *r, lua_State *L, int status, const char *user_id)
+{
+    host_co_t *parent = host_co_current(L);
+    host_co_t *co = host_co_new_on(r->worker, parent->gen, on_stream_done, r,
+                                   host_now_ms() + STREAM_MAX_MS, 0);
+    if (co == NULL)
+        return -1;
+    r->streaming = 1;
+    r->stream_status = status;
+    r->user_id = user_id;
+    r->generator.proceed = on_stream_proceed;
+    r->generator.stop = on_stream_stop;
+    h2o_start_response(r->req, &r->generator);
+    lua_xmove(L, co->L, 1); /* the stream function: same VM, another coroutine */
+    lua_pushcfunction(co->L, l_stream_write);
+    r->co = co;
+    host_co_resume(co, 1);
+    return 0;
+}
+
+/* Reads the handler's response table (top of L) and sends it. Returns the status,
+ * 0 when a streaming response has started, or -1 when the table is invalid. */
 static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_id_out)
 {
     h2o_req_t *req = r->req;
@@ -210,6 +319,13 @@ static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_i
     lua_pop(L, 1);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
                           r->request_id, strlen(r->request_id));
+    lua_getfield(L, t, "stream");
+    if (lua_isfunction(L, -1)) {
+        int rc = start_stream(r, L, (int)status, *user_id_out);
+        lua_settop(L, body_idx - 1);
+        return rc;
+    }
+    lua_pop(L, 1);
     req->res.content_length = body_len;   /* a Content-Length instead of chunked encoding */
     h2o_send_inline(req, body, body_len); /* copies the body into the request pool */
     lua_settop(L, body_idx - 1);
@@ -228,6 +344,8 @@ static void on_request_done(host_co_t *co, int status, int nresults)
     int sent = -1;
     if (status == LUA_OK) {
         sent = send_lua_response(r, co->L, &user_id);
+        if (sent == 0)
+            return; /* streaming: logged when the stream ends */
         if (sent < 0)
             host_log("error", "request %s: handler returned an invalid response", r->request_id);
     } else {
@@ -259,6 +377,8 @@ static void on_request_dispose(void *p)
 {
     request_rec_t *r = p;
     host_timer_stop(r->worker->timers, &r->timeout);
+    free(r->stream_buf);
+    r->stream_buf = NULL;
     if (r->co != NULL) {
         /* The client disconnected before the handler finished: cancel its I/O. */
         host_co_t *co = r->co;
@@ -461,6 +581,7 @@ static void worker_reload(host_worker_t *w)
     old->retired = 1;
     if (old->refs == 0)
         host_vm_close(old);
+    host_vm_call_start(gen, w->index);
 }
 
 static void close_listener(host_worker_t *w)
@@ -571,6 +692,7 @@ static void *worker_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are handled by the main thread */
+    host_vm_call_start(w->gen, w->index);
 
     while (!w->draining || w->inflight != 0) {
         h2o_evloop_run(w->loop, 50);

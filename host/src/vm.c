@@ -143,7 +143,7 @@ host_gen_t *host_vm_build(const char *module, const char *field, char *err, size
     lua_pushcfunction(L, load_generation);
     lua_pushstring(L, module);
     lua_pushstring(L, field);
-    if (lua_pcall(L, 2, 1, 1) != LUA_OK) {
+    if (lua_pcall(L, 2, 2, 1) != LUA_OK) {
         snprintf(err, errlen, "%s",
                  lua_tostring(L, -1) != NULL ? lua_tostring(L, -1) : "load failed");
         lua_close(L);
@@ -151,10 +151,27 @@ host_gen_t *host_vm_build(const char *module, const char *field, char *err, size
     }
     host_gen_t *gen = calloc(1, sizeof(*gen));
     gen->L = L;
-    gen->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    gen->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* fn */
+    gen->module_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* mod */
     lua_settop(L, 0);
     gen->id = atomic_fetch_add(&next_gen_id, 1);
     return gen;
+}
+
+void host_vm_call_start(host_gen_t *gen, int worker_index)
+{
+    lua_State *L = gen->L;
+    lua_pushcfunction(L, on_load_error);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, gen->module_ref);
+    lua_getfield(L, -1, "start");
+    if (!lua_isfunction(L, -1)) {
+        lua_settop(L, 0);
+        return;
+    }
+    lua_pushinteger(L, worker_index);
+    if (lua_pcall(L, 1, 0, 1) != LUA_OK)
+        host_log("error", "worker %d: start hook failed: %s", worker_index, lua_tostring(L, -1));
+    lua_settop(L, 0);
 }
 
 void host_vm_close(host_gen_t *gen)

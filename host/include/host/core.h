@@ -13,6 +13,11 @@
  *   host.shared.incr(key, by, ttl_s) -> value, ttl_remaining_s
  *                         process-wide counters (all workers), for rate limits
  *   host.shared.get(key)  -> value | nil
+ *   host.vault.put(key, value, ttl_s) / host.vault.take(key) -> value | nil
+ *                         process memory only, for secrets that must pass from one
+ *                         worker's VM to another's without touching the database
+ *   host.spawn(fn, ...)   runs fn in a background coroutine on this VM
+ *   host.is_current_generation() -> false once a reload replaced this code
  *   host.info             {version, dev, workers, data_dir, started_at}
  */
 #ifndef HOST_CORE_H

@@ -13,7 +13,9 @@
  *
  * Lua never sees a secret. The module table pushed by host_open_jwt() holds:
  *
- *   jwt.issue(user_id, type)          -> token, expires_in      (type "access"|"refresh")
+ *   jwt.issue(user_id, type[, scope]) -> token, expires_in      (type "access"|"refresh"|"stream";
+ *                                       a "stream" token lives HOST_JWT_STREAM_TTL seconds and
+ *                                       carries the required `scope` claim, e.g. "task:42")
  *   jwt.verify(token, expected_type)  -> claims | nil, err
  *   jwt.verify_supabase(token)        -> claims | nil, err
  *   jwt.set_jwks(json)                -> true | nil, err
@@ -37,6 +39,9 @@
 
 /** Longest `user_id` that jwt.issue()/host_jwt_issue_c() accept, in bytes. */
 #define HOST_JWT_MAX_USER_ID_LEN 256
+
+/** Lifetime of "stream" tokens (EventSource URLs), in seconds. */
+#define HOST_JWT_STREAM_TTL 300
 
 /**
  * Configures the module. Call once at start-up, before threads start and before any

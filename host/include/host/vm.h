@@ -17,6 +17,14 @@
  */
 host_gen_t *host_vm_build(const char *module, const char *field, char *err, size_t errlen);
 
+/**
+ * Calls the entry module's optional `start(worker_index)` on the worker's own
+ * thread once the generation is current (at start-up and after each reload), so
+ * scripts can start background coroutines (host.spawn) such as the task engine.
+ * Errors are logged; they do not stop the worker.
+ */
+void host_vm_call_start(host_gen_t *gen, int worker_index);
+
 /** Closes a generation's VM and frees it. */
 void host_vm_close(host_gen_t *gen);
 

@@ -26,6 +26,7 @@ typedef struct host_http_t host_http_t;
 typedef struct host_gen_t {
     lua_State *L;
     int handle_ref; /* registry ref of app.server.handle */
+    int module_ref; /* registry ref of the entry module (for its optional start hook) */
     unsigned id;
     unsigned refs;
     int retired;
