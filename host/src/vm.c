@@ -128,7 +128,7 @@ static int load_generation(lua_State *L)
     lua_getfield(L, -1, field); /* ... require mod fn */
     if (!lua_isfunction(L, -1))
         return luaL_error(L, "module '%s' has no function '%s'", module, field);
-    return 1;
+    return 2; /* mod fn */
 }
 
 host_gen_t *host_vm_build(const char *module, const char *field, char *err, size_t errlen)
