@@ -47,6 +47,22 @@ host_view.asset = function(rel)
     if not src then error("asset not found: " .. rel, 2) end
     return src
 end
+-- Module names of the scripts in one folder (e.g. "agents" -> {"agents.claude", ...}),
+-- from the file list of this generation: adding an agent is adding a file.
+host_view.list_scripts = function(folder)
+    if type(folder) ~= "string" or not folder:match("^[%w_]+$") then error("invalid folder", 2) end
+    local prefix = scripts_dir .. "/" .. folder .. "/"
+    local names = {}
+    for _, path in ipairs(files) do
+        if path:sub(1, #prefix) == prefix then
+            local rest = path:sub(#prefix + 1)
+            local base = rest:match("^([%w_]+)%.lua$")
+            if base and base ~= "init" then names[#names + 1] = folder .. "." .. base end
+        end
+    end
+    table.sort(names)
+    return names
+end
 for k, v in pairs(host_view) do
     if type(v) == "table" then host_view[k] = frozen(v, "host." .. k) end
 end

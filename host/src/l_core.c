@@ -482,6 +482,9 @@ int host_open_core(lua_State *L)
     lua_setfield(L, -2, "data_dir");
     lua_pushnumber(L, host_started_at);
     lua_setfield(L, -2, "started_at");
+    char cwd[4096];
+    lua_pushstring(L, getcwd(cwd, sizeof(cwd)) != NULL ? cwd : ".");
+    lua_setfield(L, -2, "cwd");
     lua_setfield(L, -2, "info");
     return 1;
 }

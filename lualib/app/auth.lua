@@ -30,6 +30,18 @@ function _M.authenticate(token)
     return claims.user_id, claims
 end
 
+-- A short-lived "stream" token from a URL: valid only for the resource it was
+-- issued for (scope), and only while its user exists.
+function _M.authenticate_stream(token, scope)
+    local claims, err = jwt.verify(token, "stream")
+    if not claims then errors.unauthorized(err) end
+    if claims.scope ~= scope then errors.unauthorized("Token is not valid for this resource") end
+    local user, serr = store:get_user(claims.user_id)
+    if serr then errors.store_unavailable(serr) end
+    if not user then errors.unauthorized("User not found") end
+    return claims.user_id
+end
+
 function _M.issue_pair(user_id)
     local access, expires_in = jwt.issue(user_id, "access")
     local refresh = jwt.issue(user_id, "refresh")

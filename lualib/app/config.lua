@@ -63,6 +63,47 @@ local function read()
     end
     s.access_ttl = 60 * int_setting("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 1440, problems)
     s.environment = env("ENVIRONMENT", "development")
+
+    -- Task engine (issue #3)
+    local function abs(path)
+        if path:sub(1, 1) == "/" then return path end
+        return host.info.cwd .. "/" .. path:gsub("^%./", "")
+    end
+    s.tools_dir = abs(env("AICODE_TOOLS_DIR", "./tools"))
+    s.sandbox_root = abs(host.info.data_dir) .. "/sandboxes"
+    s.sandbox_provider = env("SANDBOX_PROVIDER", "local")
+    if s.sandbox_provider ~= "local" then
+        problems[#problems + 1] = "SANDBOX_PROVIDER must be 'local' (E2B arrives with issue #4)"
+    end
+    s.sandbox_network = env("SANDBOX_NETWORK", "on")
+    if s.sandbox_network ~= "on" and s.sandbox_network ~= "none" then
+        problems[#problems + 1] = "SANDBOX_NETWORK must be 'on' or 'none'"
+    end
+    s.sandbox_limits = {
+        memory_bytes = int_setting("SANDBOX_MEMORY_MB", 2048, 0, 1048576, problems) * 1024 * 1024,
+        pids = int_setting("SANDBOX_PIDS", 512, 0, 1000000, problems),
+        cpu_seconds = int_setting("SANDBOX_CPU_SECONDS", 3600, 1, 86400, problems),
+        file_bytes = int_setting("SANDBOX_FILE_MB", 1024, 1, 1048576, problems) * 1024 * 1024,
+    }
+    s.task_timeout = int_setting("TASK_TIMEOUT", 1800, 5, 86400, problems)
+    s.clone_timeout = int_setting("CLONE_TIMEOUT", 300, 5, 86400, problems)
+    s.max_concurrent_tasks = int_setting("MAX_CONCURRENT_TASKS", 4, 1, 1000, problems)
+    s.max_tasks_per_user = int_setting("MAX_TASKS_PER_USER", 2, 1, 1000, problems)
+    s.task_lease_seconds = int_setting("TASK_LEASE_SECONDS", 30, 2, 3600, problems)
+    s.task_max_attempts = int_setting("TASK_MAX_ATTEMPTS", 2, 1, 10, problems)
+    s.git_allowed_hosts = {}
+    for _, h in ipairs(split_list(env("GIT_ALLOWED_HOSTS", "github.com"))) do
+        s.git_allowed_hosts[h:lower()] = true
+    end
+    s.git_allow_http = env("GIT_ALLOW_HTTP", "0") == "1"
+    s.git_bot_name = env("GIT_BOT_NAME", "aicode bot")
+    s.git_bot_email = env("GIT_BOT_EMAIL", "aicode-bot@users.noreply.github.com")
+    s.pr_branch_prefix = env("PR_BRANCH_PREFIX", "aicode/")
+    s.github_api_url = (env("GITHUB_API_URL", "https://api.github.com"):gsub("/+$", ""))
+    s.anthropic_base_url = env("ANTHROPIC_BASE_URL")
+    s.openai_base_url = env("OPENAI_BASE_URL")
+    s.claude_model = env("CLAUDE_MODEL")
+    s.codex_model = env("CODEX_MODEL", "gpt-5-codex")
     return s, problems
 end
 

@@ -9,6 +9,7 @@ local ratelimit = require "app.ratelimit"
 local response = require "app.response"
 local router_mod = require "app.router"
 local auth = require "app.auth"
+local engine = require "app.engine"
 
 local json = host.json
 
@@ -86,8 +87,16 @@ local function run(req)
     end
     req.params = params
 
-    if route.auth == "user" then
-        local user_id = auth.authenticate(auth.bearer_token(req))
+    req.query_params = _M.parse_query(req.query)
+    if route.auth == "user" or route.auth == "stream" then
+        local user_id
+        if route.auth == "stream" and not req.headers.authorization and req.query_params.token then
+            -- EventSource cannot send headers: a short-lived token scoped to this
+            -- resource may come in the query, for this kind of route only.
+            user_id = auth.authenticate_stream(req.query_params.token, route.scope .. ":" .. tostring(params.id))
+        else
+            user_id = auth.authenticate(auth.bearer_token(req))
+        end
         req.user_id = user_id
         local ok, retry = ratelimit.check_user(user_id)
         if not ok then errors.raise(429, "Rate limit exceeded", { ["retry-after"] = tostring(retry) }) end
@@ -100,6 +109,28 @@ local function run(req)
     local status, body, headers = route.fn(req)
     if type(status) == "table" then return status end -- a raw response (e.g. static JSON)
     return response.json(status, body, headers)
+end
+
+local function unescape(s)
+    s = s:gsub("+", " ")
+    return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- "a=1&b=x%20y" -> {a = "1", b = "x y"} (first value wins).
+function _M.parse_query(query)
+    local params = {}
+    if not query or query == "" then return params end
+    for pair in query:gmatch("[^&]+") do
+        local k, v = pair:match("^([^=]*)=?(.*)$")
+        k = unescape(k)
+        if k ~= "" and params[k] == nil then params[k] = unescape(v) end
+    end
+    return params
+end
+
+-- Called once per worker when this code becomes current (start-up, reload).
+function _M.start(worker_index)
+    engine.start(worker_index)
 end
 
 -- Entry point from C. Never raises: every failure becomes a JSON error response.

@@ -172,4 +172,10 @@ function _M.list_project_tasks(_, user_id, project_id)
     return json.array(rows)
 end
 
+-- Tasks, the queue and task events live in their own module; they share this
+-- connection and these row helpers.
+require("app.store.sqlite_tasks").install(_M, {
+    conn = conn, failure = failure, task_row = task_row, columns = TASK_COLUMNS,
+})
+
 return _M

@@ -1,0 +1,84 @@
+-- Capturing what a run changed: everything is staged (new, deleted, renamed and
+-- binary files count), committed as the bot, and described relative to the base
+-- commit the task started from, so a follow-up run's results cover all runs.
+local host = require "host"
+local git = require "app.git"
+
+local json = host.json
+
+local _M = {}
+
+local MAX_FILE_CHANGES = 50          -- files whose before/after the diff view gets
+local MAX_SHOWN_BYTES = 256 * 1024   -- per file side
+
+local function split_nul(s)
+    local out = {}
+    for item in (s or ""):gmatch("[^%z]+") do out[#out + 1] = item end
+    return out
+end
+
+-- Content of path at rev for the diff view, or the original's markers.
+local function show(sandbox, rev, path, missing_marker, binary)
+    if binary then return "(binary file)" end
+    local out, err, res = git.run(sandbox, { "show", rev .. ":" .. path })
+    if not out then
+        if res and res.code == 128 then return missing_marker end
+        return nil, err
+    end
+    if #out > MAX_SHOWN_BYTES then
+        return out:sub(1, MAX_SHOWN_BYTES) .. "\n... (truncated: " .. #out .. " bytes)"
+    end
+    return out
+end
+
+-- Returns {commit_hash, git_diff, git_patch, changed_files, file_changes, changed}
+-- or nil, err.
+function _M.capture(sandbox, base, message)
+    local ok, err = git.run(sandbox, { "add", "-A" })
+    if not ok then return nil, err end
+    local status
+    status, err = git.run(sandbox, { "status", "--porcelain", "-z" })
+    if not status then return nil, err end
+    if status ~= "" then
+        -- The message goes through stdin (-F -): a prompt is never part of an argv.
+        ok, err = git.run(sandbox, { "commit", "-q", "--no-verify", "-F", "-" }, { stdin = message })
+        if not ok then return nil, err end
+    end
+    local head
+    head, err = git.run(sandbox, { "rev-parse", "HEAD" })
+    if not head then return nil, err end
+    head = head:gsub("%s+$", "")
+    if head == base then
+        return {
+            changed = false, commit_hash = json.null, git_diff = "", git_patch = "",
+            changed_files = json.array {}, file_changes = json.array {},
+        }
+    end
+    local diff, patch, names, numstat
+    diff, err = git.run(sandbox, { "diff", base, head })
+    if not diff then return nil, err end
+    patch, err = git.run(sandbox, { "format-patch", "--binary", "--stdout", base .. ".." .. head })
+    if not patch then return nil, err end
+    names, err = git.run(sandbox, { "diff", "--name-only", "-z", base, head })
+    if not names then return nil, err end
+    numstat, err = git.run(sandbox, { "diff", "--numstat", "-z", "--no-renames", base, head })
+    if not numstat then return nil, err end
+    local binary = {}
+    for added, path in numstat:gmatch("(%S+)\t%S+\t([^%z]+)%z") do
+        if added == "-" then binary[path] = true end
+    end
+    local changed_files = split_nul(names)
+    local file_changes = json.array {}
+    for i, path in ipairs(changed_files) do
+        if i > MAX_FILE_CHANGES then break end
+        local before = show(sandbox, base, path, "FILE_NOT_EXISTS", binary[path])
+        local after = show(sandbox, head, path, "FILE_DELETED", binary[path])
+        file_changes[#file_changes + 1] = { filename = path, before = before or "", after = after or "" }
+    end
+    return {
+        changed = true, commit_hash = head, git_diff = diff, git_patch = patch,
+        changed_files = json.array(changed_files), file_changes = file_changes,
+    }
+end
+
+return _M
