@@ -43,5 +43,9 @@ return {
             auth = "user", unprefixed = true },
         { method = "GET", path = "/api/git-diff/<int:id>", handler = "routes.tasks.diff", auth = "user",
             unprefixed = true },
+        { method = "POST", path = "/api/validate-token", handler = "routes.github.validate_token", auth = "user",
+            unprefixed = true },
+        { method = "POST", path = "/api/create-pr/<int:id>", handler = "routes.github.create_pr", auth = "user",
+            unprefixed = true },
     },
 }

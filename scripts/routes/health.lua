@@ -1,5 +1,7 @@
 -- GET /, GET /ping (as in the original) and GET /health (new).
 local host = require "host"
+local agents = require "app.agents"
+local config = require "app.config"
 local store = require "app.store"
 
 local json = host.json
@@ -18,11 +20,11 @@ function _M.ping()
     return 200, { status = "success", message = "pong", timestamp = host.now() }
 end
 
--- Sandbox providers the host can use on this machine (the task engine adds
--- its agents here when it lands).
+-- Sandbox providers the host can use on this machine.
 local function sandbox_providers()
     local bwrap = host.find_executable("bwrap")
-    return { ["local"] = { kind = "bubblewrap", available = bwrap ~= nil } }
+    return { ["local"] = { kind = "bubblewrap", available = bwrap ~= nil,
+        selected = config.get().sandbox_provider == "local" } }
 end
 
 function _M.health()
@@ -33,7 +35,7 @@ function _M.health()
         uptime_seconds = math.floor(host.now() - host.info.started_at),
         store = { backend = "sqlite", reachable = ok == true },
         sandbox_providers = sandbox_providers(),
-        agents = json.array {},
+        agents = agents.status(),
     }
     if not ok then
         host.log("warn", "health check: store unreachable", { error = tostring(err) })

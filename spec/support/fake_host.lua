@@ -318,7 +318,44 @@ function _M.new(opts)
         workers = opts.workers or 1,
         data_dir = data_dir,
         started_at = ctl.clock.now,
+        cwd = root(),
     }
+
+    -- Engine primitives. Specs exercise the request path; the engine and the
+    -- sandbox are covered end to end by tests/e2e. These fakes record what they get.
+    ctl.spawned, ctl.vault = {}, {}
+    function host.spawn(fn, ...)
+        ctl.spawned[#ctl.spawned + 1] = { fn = fn, args = { ... } }
+    end
+    function host.is_current_generation() return true end
+    host.vault = {}
+    function host.vault.put(key, value, ttl)
+        ctl.vault[key] = { value = value, ttl = ttl }
+        return true
+    end
+    function host.vault.take(key)
+        local e = ctl.vault[key]
+        ctl.vault[key] = nil
+        return e and e.value
+    end
+    function host.secret(name)
+        if not os.getenv(name) then return nil, name .. " is not set" end
+        return setmetatable({ name = name }, { __tostring = function() return "[secret " .. name .. "]" end })
+    end
+    host.process = {}
+    function host.process.spawn() return nil, "host.process is not available in specs" end
+    -- The real list comes from the generation's file list (host/lua/prelude.lua).
+    function host.list_scripts(folder)
+        local names = {}
+        local p = io.popen("ls " .. root() .. "/scripts/" .. folder .. " 2>/dev/null")
+        for line in p:lines() do
+            local base = line:match("^([%w_]+)%.lua$")
+            if base and base ~= "init" then names[#names + 1] = folder .. "." .. base end
+        end
+        p:close()
+        table.sort(names)
+        return names
+    end
 
     -- The real host allows this only while scripts load; specs may call it any time.
     function host.asset(rel)
