@@ -19,7 +19,7 @@ PURE_SRCS := host/src/common.c host/src/l_json.c host/src/l_jwt.c host/src/jwt_v
              host/src/l_sqlite.c host/src/log.c tests/support/spec_module.c
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/test_*.c))
 
-.PHONY: all deps deps-test run test test-unit test-spec test-e2e lint fmt bench clean
+.PHONY: all deps deps-test agents run test test-unit test-spec test-e2e lint fmt bench clean
 
 all: bin/aicode build/lua/host_core.so
 
@@ -53,10 +53,14 @@ build/tests/%: tests/unit/%.c $(filter-out build/obj/main.o,$(HOST_OBJS))
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Wno-missing-declarations -o $@ $< \
 	  $(filter-out build/obj/main.o,$(HOST_OBJS)) $(LDLIBS)
 
+# The coding-agent CLIs at their pinned versions (tools/agents/package-lock.json).
+agents:
+	@tools/agents.sh
+
 run: deps all
 	./bin/aicode serve
 
-test: deps-test all $(UNIT_TESTS)
+test: deps-test all agents $(UNIT_TESTS)
 	@tests/run.sh
 
 test-unit: all $(UNIT_TESTS)

@@ -47,5 +47,18 @@ return {
             unprefixed = true },
         { method = "POST", path = "/api/create-pr/<int:id>", handler = "routes.github.create_pr", auth = "user",
             unprefixed = true },
+
+        -- The model API proxy for sandboxed agents: authenticated by a per-run token
+        -- (checked by the handler), not rate-limited (an agent makes many calls).
+        { method = "GET", path = "/internal/model/anthropic", handler = "routes.model_proxy.anthropic_root",
+            rate = "none", body = false },
+        { method = "POST", path = "/internal/model/anthropic/v1/messages",
+            handler = "routes.model_proxy.anthropic_messages", rate = "none", body = false },
+        { method = "POST", path = "/internal/model/anthropic/v1/messages/count_tokens",
+            handler = "routes.model_proxy.anthropic_count_tokens", rate = "none", body = false },
+        { method = "POST", path = "/internal/model/openai/v1/responses",
+            handler = "routes.model_proxy.openai_responses", rate = "none", body = false },
+        { method = "GET", path = "/internal/model/openai/v1/models", handler = "routes.model_proxy.openai_models",
+            rate = "none", body = false },
     },
 }

@@ -5,11 +5,14 @@ set -euo pipefail
 
 BUILD_PKGS="gcc make pkg-config libc6-dev liblua5.4-dev lua5.4 libh2o-evloop-dev libh2o-dev-common
   libjwt-dev libjansson-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 ca-certificates"
-RUN_PKGS="git bubblewrap"
+RUN_PKGS="git bubblewrap util-linux"
 TEST_PKGS="lua-busted lua-check luarocks python3 python3-jwt python3-cryptography curl openssl
   clang-format valgrind wrk procps"
 
 want="$BUILD_PKGS $RUN_PKGS"
+# Node runs the agent installer (npm) and the Codex launcher; Debian's is enough
+# when the machine has none of its own.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || want="$want nodejs npm"
 case "${1:-build}" in
   test) want="$want $TEST_PKGS" ;;
   build) ;;

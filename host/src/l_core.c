@@ -434,6 +434,24 @@ static int l_vault_put(lua_State *L)
     return 1;
 }
 
+/* host.vault.get(key) -> value | nil: leaves the entry in place. */
+static int l_vault_get(lua_State *L)
+{
+    const char *key = luaL_checkstring(L, 1);
+    pthread_mutex_lock(&vault_lock);
+    vault_entry_t *e = vault_unlink(key, now_s());
+    if (e != NULL) { /* put it back: vault_unlink removed it */
+        e->next = vault;
+        vault = e;
+        ++vault_count;
+        lua_pushlstring(L, e->value, e->value_len);
+    } else {
+        lua_pushnil(L);
+    }
+    pthread_mutex_unlock(&vault_lock);
+    return 1;
+}
+
 /* host.vault.take(key) -> value | nil: removes the entry. */
 static int l_vault_take(lua_State *L)
 {
@@ -468,7 +486,7 @@ int host_open_core(lua_State *L)
     luaL_newlib(L, funcs);
     luaL_newlib(L, shared);
     lua_setfield(L, -2, "shared");
-    static const luaL_Reg vault_funcs[] = {{"put", l_vault_put}, {"take", l_vault_take}, {NULL, NULL}};
+    static const luaL_Reg vault_funcs[] = {{"put", l_vault_put}, {"take", l_vault_take}, {"get", l_vault_get}, {NULL, NULL}};
     luaL_newlib(L, vault_funcs);
     lua_setfield(L, -2, "vault");
     lua_createtable(L, 0, 6);
@@ -485,6 +503,12 @@ int host_open_core(lua_State *L)
     char cwd[4096];
     lua_pushstring(L, getcwd(cwd, sizeof(cwd)) != NULL ? cwd : ".");
     lua_setfield(L, -2, "cwd");
+    lua_pushstring(L, host_config.host != NULL ? host_config.host : "127.0.0.1");
+    lua_setfield(L, -2, "listen_host");
+    lua_pushinteger(L, host_config.port);
+    lua_setfield(L, -2, "listen_port");
+    lua_pushboolean(L, host_config.tls_cert != NULL);
+    lua_setfield(L, -2, "tls");
     lua_setfield(L, -2, "info");
     return 1;
 }

@@ -17,9 +17,10 @@
 
 #include "host/http.h"
 #include "host/sched.h"
+#include "host/secret.h"
 
 #define DEFAULT_TIMEOUT_MS 10000
-#define MAX_TIMEOUT_MS 300000
+#define MAX_TIMEOUT_MS 3600000
 #define DEFAULT_MAX_BODY (1024 * 1024)
 #define MAX_MAX_BODY (64 * 1024 * 1024)
 
@@ -394,18 +395,33 @@ static int l_http_request(lua_State *L)
         lua_pushnil(L);
         while (lua_next(L, -2) != 0) {
             size_t nlen, vlen;
-            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+            /* A value may be a host.secret handle: resolved here, never a Lua string. */
+            const char *value = host_secret_value(L, -1, &vlen);
+            if (lua_type(L, -2) != LUA_TSTRING || (value == NULL && lua_type(L, -1) != LUA_TSTRING)) {
                 op_free(op);
-                return luaL_error(L, "http.request: header names and values must be strings");
+                return luaL_error(L, "http.request: header names must be strings, values strings or secrets");
             }
-            const char *name = lua_tolstring(L, -2, &nlen), *value = lua_tolstring(L, -1, &vlen);
+            const char *name = lua_tolstring(L, -2, &nlen);
+            if (value == NULL)
+                value = lua_tolstring(L, -1, &vlen);
             if (!valid_token(name, nlen) || has_crlf(value, vlen)) {
                 op_free(op);
                 return luaL_error(L, "http.request: invalid header");
             }
-            lua_pushfstring(L, "%s: %s", name, value);
-            op->req_headers = curl_slist_append(op->req_headers, lua_tostring(L, -1));
-            lua_pop(L, 2);
+            /* Built in C memory (curl copies it): a secret never becomes a Lua string. */
+            char *line = malloc(nlen + vlen + 3);
+            if (line == NULL) {
+                op_free(op);
+                return luaL_error(L, "out of memory");
+            }
+            memcpy(line, name, nlen);
+            memcpy(line + nlen, ": ", 2);
+            memcpy(line + nlen + 2, value, vlen);
+            line[nlen + 2 + vlen] = '\0';
+            op->req_headers = curl_slist_append(op->req_headers, line);
+            explicit_bzero(line, nlen + vlen + 2);
+            free(line);
+            lua_pop(L, 1);
         }
     }
     lua_pop(L, 1);

@@ -1,3 +1,4 @@
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,7 @@
 
 typedef struct {
     char name[128];
+    char prefix[32]; /* prepended on use, e.g. "Bearer " for an Authorization header */
 } secret_t;
 
 static int l_secret_tostring(lua_State *L)
@@ -34,8 +36,12 @@ static int l_secret(lua_State *L)
         lua_pushfstring(L, "%s is not set", name);
         return 2;
     }
+    size_t plen = 0;
+    const char *prefix = luaL_optlstring(L, 2, "", &plen);
+    luaL_argcheck(L, plen < sizeof(((secret_t *)0)->prefix), 2, "prefix too long");
     secret_t *s = lua_newuserdatauv(L, sizeof(*s), 0);
     memcpy(s->name, name, n + 1);
+    memcpy(s->prefix, prefix, plen + 1);
     luaL_setmetatable(L, SECRET_MT);
     return 1;
 }
@@ -48,8 +54,16 @@ const char *host_secret_value(lua_State *L, int idx, size_t *len)
     const char *v = getenv(s->name);
     if (v == NULL)
         v = "";
-    *len = strlen(v);
-    return v;
+    if (s->prefix[0] == '\0') {
+        *len = strlen(v);
+        return v;
+    }
+    /* prefix + value in a per-thread C buffer (never a Lua string), valid until the
+     * next call on this thread: the caller copies it at once (curl, execve env). */
+    static __thread char joined[8192];
+    int n = snprintf(joined, sizeof(joined), "%s%s", s->prefix, v);
+    *len = n < 0 ? 0 : ((size_t)n < sizeof(joined) ? (size_t)n : sizeof(joined) - 1);
+    return joined;
 }
 
 int host_open_secret(lua_State *L)

@@ -1,7 +1,9 @@
-#include <ctype.h>
 #include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,14 +15,49 @@
 
 #include "host/log.h"
 
-#define MAX_SECRETS 32
+#define MAX_SECRETS 32 /* one bit each in secret_first[] */
 #define LINE_MAX_BYTES 16384
 
 static int log_fd = 2;
-static char *secrets[MAX_SECRETS];
+
+/*
+ * Registered secrets. The rule: secrets are registered at start-up (main.c's
+ * prepare_runtime), before host_server_start creates any worker thread, and the
+ * table is append-only. host_redact runs on every log line of every thread and
+ * takes no lock. What makes that safe even if a registration ever happened later:
+ *   - registrations are serialised by secrets_lock (the only user of the lock);
+ *   - a new entry (secrets[i], secret_lens[i], its bit in secret_first[]) is fully
+ *     written before nsecrets is raised with a release store;
+ *   - readers load nsecrets once with an acquire load and only look at entries
+ *     below it (bits above it in secret_first[] are masked off).
+ * A line being redacted while a secret is registered may miss that secret, as it
+ * could with a lock, so register secrets before anything that might log them.
+ */
+static const char *secrets[MAX_SECRETS];
 static size_t secret_lens[MAX_SECRETS];
-static int nsecrets;
+static atomic_int nsecrets;
+/* secret_first[c]: bit i set when secret i starts with byte c. */
+static _Atomic uint32_t secret_first[256];
 static pthread_mutex_t secrets_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Bytes a credential pattern (credential_at) can start with. */
+static const unsigned char cred_first[256] = {
+    ['e'] = 1, ['g'] = 1, ['s'] = 1, ['x'] = 1, ['b'] = 1, ['B'] = 1,
+};
+
+/* Token characters: ASCII alphanumerics and - _ . + / = (isalnum in the "C" locale,
+ * which the host never changes). */
+static const unsigned char token_char[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1,
+    ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1,
+    ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1,
+    ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1,
+    ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1,
+    ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1,
+    ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1, ['-'] = 1, ['_'] = 1,
+    ['.'] = 1, ['+'] = 1, ['/'] = 1, ['='] = 1,
+};
 
 int host_log_open(const char *path)
 {
@@ -38,45 +75,83 @@ void host_log_register_secret(const char *value)
     if (value == NULL || strlen(value) < 8)
         return;
     pthread_mutex_lock(&secrets_lock);
-    if (nsecrets < MAX_SECRETS) {
-        secrets[nsecrets] = strdup(value);
-        secret_lens[nsecrets] = strlen(value);
-        ++nsecrets;
+    int n = atomic_load_explicit(&nsecrets, memory_order_relaxed);
+    char *copy = n < MAX_SECRETS ? strdup(value) : NULL;
+    if (copy != NULL) {
+        secrets[n] = copy;
+        secret_lens[n] = strlen(copy);
+        atomic_fetch_or_explicit(&secret_first[(unsigned char)copy[0]], (uint32_t)1 << n,
+                                 memory_order_relaxed);
+        atomic_store_explicit(&nsecrets, n + 1, memory_order_release); /* publishes the entry */
     }
     pthread_mutex_unlock(&secrets_lock);
 }
 
-static int is_token_char(int c)
+/* Extends a token from p + n over token characters; returns its length. */
+static size_t token_end(const char *p, const char *end, size_t n)
 {
-    return isalnum(c) || c == '-' || c == '_' || c == '.' || c == '+' || c == '/' || c == '=';
+    while (p + n < end && token_char[(unsigned char)p[n]])
+        ++n;
+    return n;
 }
 
-/* Length of a credential-shaped token starting at p, or 0. */
+/* Length of a credential-shaped token starting at p, or 0. Patterns: "eyJ", "ghp_",
+ * "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk-", "xoxb-" followed by at least 12
+ * more token characters, and "Bearer " (any case) followed by at least one. At most one
+ * pattern can match at a given position (they differ in their first bytes). */
 static size_t credential_at(const char *p, const char *end)
 {
-    static const char *prefixes[] = {"eyJ",  "ghp_",        "gho_", "ghu_",  "ghs_",
-                                     "ghr_", "github_pat_", "sk-",  "xoxb-", NULL};
-    for (int i = 0; prefixes[i] != NULL; ++i) {
-        size_t plen = strlen(prefixes[i]);
-        if ((size_t)(end - p) < plen || memcmp(p, prefixes[i], plen) != 0)
-            continue;
-        size_t n = plen;
-        while (p + n < end && is_token_char((unsigned char)p[n]))
-            ++n;
-        if (n >= plen + 12)
-            return n;
+    size_t avail = (size_t)(end - p), plen = 0;
+    switch (p[0]) {
+    case 'e':
+        if (avail >= 3 && p[1] == 'y' && p[2] == 'J')
+            plen = 3;
+        break;
+    case 'g':
+        if (avail >= 4 && p[1] == 'h' && p[3] == '_' &&
+            (p[2] == 'p' || p[2] == 'o' || p[2] == 'u' || p[2] == 's' || p[2] == 'r'))
+            plen = 4;
+        else if (avail >= 11 && memcmp(p, "github_pat_", 11) == 0)
+            plen = 11;
+        break;
+    case 's':
+        if (avail >= 3 && p[1] == 'k' && p[2] == '-')
+            plen = 3;
+        break;
+    case 'x':
+        if (avail >= 5 && memcmp(p, "xoxb-", 5) == 0)
+            plen = 5;
+        break;
+    case 'b':
+    case 'B': {
+        /* "Bearer <token>": ASCII case-insensitive, as strncasecmp in the "C" locale. */
+        static const char bearer[] = "bearer ";
+        if (avail <= 7)
+            return 0;
+        for (size_t i = 0; i < 7; ++i) {
+            unsigned char c = (unsigned char)p[i];
+            if (c >= 'A' && c <= 'Z')
+                c = (unsigned char)(c + ('a' - 'A'));
+            if (c != (unsigned char)bearer[i])
+                return 0;
+        }
+        size_t n = token_end(p, end, 7);
+        return n > 7 ? n : 0;
     }
-    /* "Bearer <anything>" */
-    if (end - p > 7 && strncasecmp(p, "bearer ", 7) == 0) {
-        size_t n = 7;
-        while (p + n < end && is_token_char((unsigned char)p[n]))
-            ++n;
-        if (n > 7)
-            return n;
+    default:
+        break;
     }
-    return 0;
+    if (plen == 0)
+        return 0;
+    size_t n = token_end(p, end, plen);
+    return n >= plen + 12 ? n : 0;
 }
 
+/*
+ * Copies runs of bytes that cannot start anything redactable with memcpy. Only a byte
+ * that starts a registered secret, or a credential pattern at a token boundary, takes
+ * the slow path; the result is the same as testing every position.
+ */
 size_t host_redact(const char *in, size_t len, char *out, size_t cap)
 {
     static const char mark[] = "[redacted]";
@@ -84,15 +159,37 @@ size_t host_redact(const char *in, size_t len, char *out, size_t cap)
     size_t o = 0;
     if (cap == 0)
         return 0;
-    pthread_mutex_lock(&secrets_lock);
+    int n = atomic_load_explicit(&nsecrets, memory_order_acquire);
+    uint32_t live = n >= 32 ? UINT32_MAX : ((uint32_t)1 << n) - 1;
     while (p < end && o + 1 < cap) {
+        /* The run of bytes up to the next one that may start something. */
+        const char *q = p;
+        while (q < end && !cred_first[(unsigned char)*q] &&
+               (atomic_load_explicit(&secret_first[(unsigned char)*q], memory_order_relaxed) &
+                live) == 0)
+            ++q;
+        if (q != p) {
+            size_t k = (size_t)(q - p);
+            if (k > cap - 1 - o)
+                k = cap - 1 - o;
+            memcpy(out + o, p, k);
+            o += k;
+            p += k;
+            continue; /* re-checks the room left and the end */
+        }
+        unsigned char c = (unsigned char)*p;
         size_t skip = 0;
-        /* Only test at token boundaries, so "task-1234" is never mistaken for "sk-...". */
-        int boundary = p == in || !is_token_char((unsigned char)p[-1]) || p[-1] == '=';
-        for (int i = 0; i < nsecrets && skip == 0; ++i)
+        /* Registered secrets first, in registration order. */
+        uint32_t m = atomic_load_explicit(&secret_first[c], memory_order_relaxed) & live;
+        while (m != 0 && skip == 0) {
+            int i = __builtin_ctz(m);
+            m &= m - 1;
             if ((size_t)(end - p) >= secret_lens[i] && memcmp(p, secrets[i], secret_lens[i]) == 0)
                 skip = secret_lens[i];
-        if (skip == 0 && boundary)
+        }
+        /* Credentials only at token boundaries, so "task-1234" is never taken for "sk-...". */
+        if (skip == 0 && cred_first[c] &&
+            (p == in || !token_char[(unsigned char)p[-1]] || p[-1] == '='))
             skip = credential_at(p, end);
         if (skip != 0) {
             for (size_t i = 0; i < sizeof(mark) - 1 && o + 1 < cap; ++i)
@@ -102,7 +199,6 @@ size_t host_redact(const char *in, size_t len, char *out, size_t cap)
             out[o++] = *p++;
         }
     }
-    pthread_mutex_unlock(&secrets_lock);
     out[o] = '\0';
     return o;
 }
@@ -125,39 +221,62 @@ static void put_str(line_t *l, const char *s)
     put(l, s, strlen(s));
 }
 
+/* Bytes put_json_string must escape: '"', '\\', control characters and DEL. */
+static const unsigned char json_escape[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1,
+    [0x07] = 1, [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1,
+    [0x0e] = 1, [0x0f] = 1, [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1,
+    [0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1,
+    [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1,  ['\\'] = 1, [0x7f] = 1,
+};
+
 /* JSON string with control characters escaped, so a log line is always one line. */
 static void put_json_string(line_t *l, const char *s, size_t n)
 {
+    static const char hex[] = "0123456789abcdef";
+    const char *run = s, *end = s + n;
     put(l, "\"", 1);
-    for (size_t i = 0; i < n; ++i) {
-        unsigned char c = (unsigned char)s[i];
-        char esc[8];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            put(l, esc, 2);
-        } else if (c < 0x20 || c == 0x7f) {
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-            put(l, esc, 6);
-        } else {
-            put(l, (const char *)&c, 1);
+    for (const char *p = s; p < end; ++p) {
+        unsigned char c = (unsigned char)*p;
+        if (!json_escape[c])
+            continue;
+        char esc[6] = {'\\', (char)c};
+        size_t esclen = 2;
+        if (c != '"' && c != '\\') { /* \u00XX, lower-case hex */
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xf];
+            esclen = 6;
         }
+        put(l, run, (size_t)(p - run));
+        put(l, esc, esclen);
+        run = p + 1;
     }
+    put(l, run, (size_t)(end - run));
     put(l, "\"", 1);
 }
 
+/* "{"time":"2026-11-27T09:30:12.345Z"". The date and time of day are formatted once
+ * per second per thread. */
 static void put_time(line_t *l)
 {
+    static __thread time_t cached_sec = (time_t)-1;
+    static __thread char cached[48]; /* {"time":"YYYY-MM-DDTHH:MM:SS */
+    static __thread size_t cached_len;
     struct timeval tv;
-    struct tm tm;
-    char ts[40];
     gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", (long)(tv.tv_usec / 1000));
-    put_str(l, "{\"time\":\"");
-    put_str(l, ts);
-    put_str(l, "\"");
+    if (tv.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        memcpy(cached, "{\"time\":\"", 9);
+        cached_len = 9 + strftime(cached + 9, sizeof(cached) - 9, "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = tv.tv_sec;
+    }
+    unsigned ms = (unsigned)(tv.tv_usec / 1000);
+    char frac[7] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10),
+                    'Z', '"'};
+    put(l, cached, cached_len);
+    put(l, frac, 6);
 }
 
 static void emit(line_t *l)
@@ -174,7 +293,8 @@ static void emit(line_t *l)
 
 void host_log(const char *level, const char *fmt, ...)
 {
-    line_t l = {.len = 0};
+    line_t l; /* not zero-filled: only buf[0, len) is ever read */
+    l.len = 0;
     char msg[4096];
     va_list ap;
     va_start(ap, fmt);
@@ -188,11 +308,52 @@ void host_log(const char *level, const char *fmt, ...)
     emit(&l);
 }
 
+/*
+ * ",\"status\":%d,\"duration_ms\":%.3f" without printf in the common case. printf rounds
+ * the exact value of the double to 3 decimals; when d * 1000 is within 0.25 of an
+ * integer k (and below 2^40, where the product is off by far less than 0.25), that
+ * rounding is k, with no tie, so printing k / 1000 is the same text.
+ */
+static size_t format_status_duration(char *out, size_t cap, int status, double d)
+{
+    double x = d * 1000.0;
+    uint64_t k = 0;
+    /* NaN fails !(d < 1e9); a huge value is cut to the buffer, as it always was. */
+    if (status < 0 || status > 999 || signbit(d) || !(d < 1e9) ||
+        fabs(x - (double)(k = (uint64_t)(x + 0.5))) > 0.25) {
+        snprintf(out, cap, ",\"status\":%d,\"duration_ms\":%.3f", status, d);
+        return strlen(out);
+    }
+    char tmp[48], *p = tmp + sizeof(tmp);
+    for (int i = 0; i < 3; ++i, k /= 10)
+        *--p = (char)('0' + k % 10);
+    *--p = '.';
+    do {
+        *--p = (char)('0' + k % 10);
+        k /= 10;
+    } while (k != 0);
+    static const char mid[] = ",\"duration_ms\":";
+    p -= sizeof(mid) - 1;
+    memcpy(p, mid, sizeof(mid) - 1);
+    do {
+        *--p = (char)('0' + status % 10);
+        status /= 10;
+    } while (status != 0);
+    static const char head[] = ",\"status\":";
+    p -= sizeof(head) - 1;
+    memcpy(p, head, sizeof(head) - 1);
+    size_t n = (size_t)(tmp + sizeof(tmp) - p);
+    memcpy(out, p, n);
+    out[n] = '\0';
+    return n;
+}
+
 void host_log_request(const char *request_id, const char *method, size_t method_len,
                       const char *path, size_t path_len, int status, double duration_ms,
                       const char *user_id)
 {
-    line_t l = {.len = 0};
+    line_t l; /* not zero-filled: only buf[0, len) is ever read */
+    l.len = 0;
     char num[64];
     put_time(&l);
     put_str(&l, ",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
@@ -201,8 +362,7 @@ void host_log_request(const char *request_id, const char *method, size_t method_
     put_json_string(&l, method, method_len);
     put_str(&l, ",\"path\":");
     put_json_string(&l, path, path_len);
-    snprintf(num, sizeof(num), ",\"status\":%d,\"duration_ms\":%.3f", status, duration_ms);
-    put_str(&l, num);
+    put(&l, num, format_status_duration(num, sizeof(num), status, duration_ms));
     put_str(&l, ",\"user_id\":");
     if (user_id != NULL)
         put_json_string(&l, user_id, strlen(user_id));
@@ -217,7 +377,8 @@ static int l_log(lua_State *L)
     int level = luaL_checkoption(L, 1, NULL, levels);
     size_t mlen;
     const char *msg = luaL_checklstring(L, 2, &mlen);
-    line_t l = {.len = 0};
+    line_t l; /* not zero-filled: only buf[0, len) is ever read */
+    l.len = 0;
     put_time(&l);
     put_str(&l, ",\"level\":\"");
     put_str(&l, levels[level]);

@@ -4,6 +4,7 @@
  * generation of Lua VMs; nothing here is shared between threads except the
  * global h2o configuration (read-only after start) and atomics.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -148,7 +149,10 @@ static void make_request_id(host_worker_t *w, char out[17])
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     z ^= z >> 31;
-    snprintf(out, 17, "%016llx", (unsigned long long)z);
+    static const char hex[] = "0123456789abcdef"; /* as "%016llx" */
+    for (int i = 15; i >= 0; --i, z >>= 4)
+        out[i] = hex[z & 0xf];
+    out[16] = '\0';
 }
 
 static int valid_header_name(const char *s, size_t n)
@@ -395,6 +399,31 @@ static void on_request_dispose(void *p)
     }
 }
 
+/*
+ * Pushes the peer's numeric address, as getnameinfo(NI_NUMERICHOST) writes it, or
+ * "unknown". inet_ntop gives the same text for IPv4 and unscoped IPv6 (v4-mapped
+ * included: "::ffff:127.0.0.1") without getnameinfo's overhead; scoped IPv6 addresses
+ * (getnameinfo appends "%<interface>") and other families still go through getnameinfo.
+ */
+static void push_remote_addr(lua_State *L, h2o_req_t *req)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen = req->conn->callbacks->get_peername(req->conn, (void *)&ss);
+    char addr[NI_MAXHOST] = "unknown";
+    if (sslen > 0) {
+        const struct sockaddr_in6 *sin6 = (const void *)&ss;
+        if (ss.ss_family == AF_INET && sslen >= (socklen_t)sizeof(struct sockaddr_in))
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)&ss)->sin_addr, addr,
+                      sizeof(addr));
+        else if (ss.ss_family == AF_INET6 && sslen >= (socklen_t)sizeof(*sin6) &&
+                 sin6->sin6_scope_id == 0)
+            inet_ntop(AF_INET6, &sin6->sin6_addr, addr, sizeof(addr));
+        else
+            getnameinfo((void *)&ss, sslen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST);
+    }
+    lua_pushstring(L, addr);
+}
+
 /* Pushes the Lua request table onto L. */
 static void push_request(lua_State *L, h2o_req_t *req, request_rec_t *r)
 {
@@ -428,12 +457,7 @@ static void push_request(lua_State *L, h2o_req_t *req, request_rec_t *r)
         lua_pushlstring(L, req->entity.base, req->entity.len);
         lua_setfield(L, -2, "body");
     }
-    struct sockaddr_storage ss;
-    socklen_t sslen = req->conn->callbacks->get_peername(req->conn, (void *)&ss);
-    char addr[NI_MAXHOST] = "unknown";
-    if (sslen > 0)
-        getnameinfo((void *)&ss, sslen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST);
-    lua_pushstring(L, addr);
+    push_remote_addr(L, req);
     lua_setfield(L, -2, "remote_addr");
     lua_pushstring(L, r->request_id);
     lua_setfield(L, -2, "request_id");
@@ -465,7 +489,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         log_request(r, 431, NULL);
         return 0;
     }
-    if (req->entity.base != NULL && req->entity.len > host_config.max_body) {
+    /* The model API proxy carries whole agent conversations and long model
+     * answers: it gets its own body limit and deadline; everything else the API's. */
+    size_t prefix_len = sizeof(HOST_MODEL_PROXY_PREFIX) - 1;
+    int is_proxy = req->path_normalized.len >= prefix_len &&
+                   memcmp(req->path_normalized.base, HOST_MODEL_PROXY_PREFIX, prefix_len) == 0;
+    size_t max_body = is_proxy ? host_config.proxy_max_body : host_config.max_body;
+    uint64_t timeout_ms = is_proxy ? host_config.proxy_timeout_ms : host_config.request_timeout_ms;
+    if (req->entity.base != NULL && req->entity.len > max_body) {
         send_json_error(req, r->request_id, 413, "Request body too large");
         log_request(r, 413, NULL);
         return 0;
@@ -476,7 +507,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
-    uint64_t deadline = r->started_ms + host_config.request_timeout_ms;
+    uint64_t deadline = r->started_ms + timeout_ms;
     host_co_t *co = host_co_new(w, on_request_done, r, deadline);
     if (co == NULL) {
         send_json_error(req, r->request_id, 503, "Server overloaded");
@@ -484,7 +515,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
     r->co = co;
-    host_timer_start(w->timers, &r->timeout, host_config.request_timeout_ms);
+    host_timer_start(w->timers, &r->timeout, timeout_ms);
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, co->gen->handle_ref);
     push_request(co->L, req, r);
     host_co_resume(co, 1);
@@ -645,7 +676,8 @@ int host_server_init(void)
     h2o_config_init(&globalconf);
     globalconf.server_name = h2o_iovec_init(H2O_STRLIT("aicode"));
     /* h2o's default is 1 GiB; keep a little headroom so our own 413 (JSON) answers. */
-    globalconf.max_request_entity_size = host_config.max_body;
+    globalconf.max_request_entity_size =
+        host_config.max_body > host_config.proxy_max_body ? host_config.max_body : host_config.proxy_max_body;
     globalconf.http1.req_timeout = host_config.idle_timeout_ms;
     globalconf.http2.idle_timeout = host_config.idle_timeout_ms;
     h2o_hostconf_t *hostconf =

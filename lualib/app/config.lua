@@ -102,6 +102,22 @@ local function read()
     s.github_api_url = (env("GITHUB_API_URL", "https://api.github.com"):gsub("/+$", ""))
     s.anthropic_base_url = env("ANTHROPIC_BASE_URL")
     s.openai_base_url = env("OPENAI_BASE_URL")
+    s.anthropic_upstream = (env("ANTHROPIC_BASE_URL", "https://api.anthropic.com"):gsub("/+$", ""))
+    s.openai_upstream = (env("OPENAI_BASE_URL", "https://api.openai.com/v1"):gsub("/+$", ""))
+    s.model_proxy_timeout_ms = math.tointeger(tonumber(env("MODEL_PROXY_TIMEOUT_MS", "600000"))) or 600000
+    -- Agents reach the model through this server (keys never enter the sandbox)
+    -- unless MODEL_PROXY=off, or TLS is on (the CLIs would not trust our certificate).
+    s.model_proxy = env("MODEL_PROXY", "on")
+    if s.model_proxy ~= "on" and s.model_proxy ~= "off" then
+        problems[#problems + 1] = "MODEL_PROXY must be 'on' or 'off'"
+    end
+    if host.info.tls then s.model_proxy = "off" end
+    if s.model_proxy == "on" then
+        local h = host.info.listen_host or "127.0.0.1"
+        if h == "0.0.0.0" or h == "::" or h == "" or h == "localhost" then h = "127.0.0.1" end
+        if h:find(":", 1, true) then h = "[" .. h .. "]" end
+        s.model_proxy_base = "http://" .. h .. ":" .. tostring(host.info.listen_port) .. "/internal/model"
+    end
     s.claude_model = env("CLAUDE_MODEL")
     s.codex_model = env("CODEX_MODEL", "gpt-5-codex")
     return s, problems

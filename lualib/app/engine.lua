@@ -116,6 +116,11 @@ local function run_task(id)
         github_token = host.vault.take("github_token:" .. id),
     })
     run.prompt, run.history, run.followup = prompt_of(task)
+    if s.model_proxy == "on" then
+        -- The agent's only credential: valid for this run, only at our model proxy.
+        run.model_token = host.random_hex(32)
+        host.vault.put("model_token:" .. run.model_token, tostring(id), s.task_timeout + 120)
+    end
     if task.project_id and task.project_id ~= host.json.null then
         local project = store:get_project(task.user_id, task.project_id)
         local setup = project and project.settings and project.settings.setup_script
@@ -125,6 +130,7 @@ local function run_task(id)
     host.spawn(watchdog, run)
     local ok, res = pcall(workflow.run, run)
     run.done = true
+    if run.model_token then host.vault.take("model_token:" .. run.model_token) end
     if run.sandbox then
         run.sandbox:destroy()
     end

@@ -85,6 +85,9 @@ function _M.run_agent(run)
     local cmd = agent.command {
         prompt = run.prompt, history = run.history, repo_dir = run.sandbox.repo_dir,
         tools_dir = run.sandbox.tools_dir, settings = config.get(),
+        -- With the model proxy on: where the agent's CLI sends model requests, and
+        -- the per-run token it authenticates with (instead of the real API key).
+        model = run.model_token and { base = config.get().model_proxy_base, token = run.model_token } or nil,
     }
     local state = {}
     local split = line_splitter(function(line)

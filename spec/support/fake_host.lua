@@ -319,6 +319,9 @@ function _M.new(opts)
         data_dir = data_dir,
         started_at = ctl.clock.now,
         cwd = root(),
+        listen_host = "127.0.0.1",
+        listen_port = 8000,
+        tls = false,
     }
 
     -- Engine primitives. Specs exercise the request path; the engine and the
@@ -328,19 +331,62 @@ function _M.new(opts)
         ctl.spawned[#ctl.spawned + 1] = { fn = fn, args = { ... } }
     end
     function host.is_current_generation() return true end
+    -- host.vault (host/src/l_core.c): entries expire on the fake clock; get leaves the
+    -- entry in place, take removes it.
     host.vault = {}
+    local function vault_entry(key)
+        if type(key) ~= "string" then error("bad argument #1 (string expected)", 3) end
+        local e = ctl.vault[key]
+        if e and e.expires_at <= ctl.clock.now then
+            ctl.vault[key] = nil
+            e = nil
+        end
+        return e
+    end
     function host.vault.put(key, value, ttl)
-        ctl.vault[key] = { value = value, ttl = ttl }
+        if type(key) ~= "string" then error("bad argument #1 to 'put' (string expected)", 2) end
+        if type(value) ~= "string" then error("bad argument #2 to 'put' (string expected)", 2) end
+        if type(ttl) ~= "number" or ttl <= 0 or ttl > 7 * 86400 then
+            error("bad argument #3 to 'put' (ttl out of range)", 2)
+        end
+        ctl.vault[key] = { value = value, ttl = ttl, expires_at = ctl.clock.now + ttl }
         return true
     end
+    function host.vault.get(key)
+        local e = vault_entry(key)
+        return e and e.value
+    end
     function host.vault.take(key)
-        local e = ctl.vault[key]
+        local e = vault_entry(key)
         ctl.vault[key] = nil
         return e and e.value
     end
-    function host.secret(name)
-        if not os.getenv(name) then return nil, name .. " is not set" end
-        return setmetatable({ name = name }, { __tostring = function() return "[secret " .. name .. "]" end })
+    -- host.secret(name[, prefix]): a handle, never the value. ctl.secrets overrides the
+    -- process environment (a string, or false = unset); ctl:secret_value(handle) is what
+    -- the C side would send.
+    ctl.secrets = {}
+    local secret_mt = {
+        __name = "secret",
+        __tostring = function(s) return "[secret " .. s.name .. "]" end,
+        __concat = function() error("secrets cannot be concatenated", 2) end,
+    }
+    local function secret_env(name)
+        local v = ctl.secrets[name]
+        if v == false then return nil end
+        if v == nil then v = os.getenv(name) end
+        if v == "" then return nil end
+        return v
+    end
+    function host.secret(name, prefix)
+        if type(name) ~= "string" or name == "" or #name >= 128 then
+            error("bad argument #1 to 'secret' (invalid secret name)", 2)
+        end
+        if not secret_env(name) then return nil, name .. " is not set" end
+        return setmetatable({ name = name, prefix = prefix or "" }, secret_mt)
+    end
+    function ctl.secret_value(_, s)
+        if getmetatable(s) ~= secret_mt then return nil end
+        return s.prefix .. (secret_env(s.name) or "")
     end
     host.process = {}
     function host.process.spawn() return nil, "host.process is not available in specs" end

@@ -14,8 +14,10 @@ content_block_start, content_block_delta (text_delta / input_json_delta), conten
 message_delta (stop_reason, usage), message_stop), else one JSON message.
 POST /v1/messages/count_tokens, GET /v1/models, HEAD / and GET / (200).
 
-What the model "does" (one model turn per request; the turn index is the number of tool_result
-blocks after the latest user instruction, so turn N is answered once the result of turn N-1 is there):
+What the model "does" (one model turn per request; which turn is due is worked out from the
+tool_use/tool_result pairs after the latest user instruction, so turn N is answered once the result
+of turn N-1 is there; a Write refused with "File has not been read yet" is followed by a Read and the
+same Write again, as a real model would do):
 
 1. A script (opts["script"], a dict or a JSON file path):
        {"turns": [ {"write": {"path": "hello.txt", "content": "hello\\n"}},
@@ -49,6 +51,7 @@ import json
 import os
 import random
 import re
+import select
 import shlex
 import sys
 import threading
@@ -183,22 +186,49 @@ def _is_instruction(msg):
 
 
 def conversation_state(body):
-    """(instruction text, tool results since it, last tool error) of a Messages request."""
+    """(instruction text, [(tool_use block, tool_result block)] since it, last tool error)."""
     msgs = body.get("messages") or []
     anchor = max([i for i, m in enumerate(msgs) if _is_instruction(m)], default=-1)
     text = ""
     if anchor >= 0:
         text = "\n".join(b.get("text", "") for b in _blocks(msgs[anchor]["content"]) if b.get("type") == "text")
-    results, last_error = 0, None
+    uses, history, last_error = {}, [], None
     for m in msgs[anchor + 1:]:
         for b in _blocks(m.get("content")):
-            if b.get("type") == "tool_result":
-                results += 1
+            if b.get("type") == "tool_use":
+                uses[b.get("id")] = b
+            elif b.get("type") == "tool_result":
+                history.append((uses.get(b.get("tool_use_id"), {}), b))
                 last_error = None
                 if b.get("is_error"):
                     c = b.get("content")
                     last_error = c if isinstance(c, str) else json.dumps(c)
-    return text, results, last_error
+    return text, history, last_error
+
+
+def next_call(calls, history):
+    """(index into calls, the call to make now) after replaying the tool history. Like a real model,
+    when Claude Code refuses a Write/Edit because the file "has not been read yet" (it exists), the
+    fake reads the file and then repeats the call."""
+    i, retry = 0, None
+    for use, result in history:
+        if retry == "read":
+            retry = "again"
+            continue
+        content = result.get("content")
+        content = content if isinstance(content, str) else json.dumps(content)
+        if retry is None and result.get("is_error") and "has not been read yet" in content \
+                and use.get("name") in ("Write", "Edit"):
+            retry = "read"
+            continue
+        retry = None
+        i += 1
+    if i < len(calls) and calls[i][1] is not None:
+        turn, call = calls[i]
+        if retry == "read":
+            return i, {"name": "Read", "input": {"file_path": call["input"]["file_path"]}}
+        return i, call
+    return i, calls[i][1] if i < len(calls) else None
 
 
 def _cwd(body):
@@ -327,7 +357,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _messages(self, body):
         srv, opts = self.server, self.server.opts
-        text, turn_index, last_error = conversation_state(body)
+        text, history, last_error = conversation_state(body)
         script = load_script(opts.get("script"))
         plan = script if script else (parse_directives(text) or {"turns": [], "final": None, "fault": {}})
         fault = plan.get("fault") or {}
@@ -341,7 +371,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for t in plan.get("turns", []):
             tc = tool_calls(t, cwd)
             calls.extend([(t, c) for c in tc] or [(t, None)])
-        turn, call = calls[turn_index] if turn_index < len(calls) else ({}, None)
+        turn_index, call = next_call(calls, history)
+        turn = calls[turn_index][0] if turn_index < len(calls) else {}
         if turn.get("error"):
             key = (turn_index, json.dumps(turn, sort_keys=True))
             with srv.lock:
@@ -428,8 +459,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     js = json.dumps(block["input"])
                     half = len(js) // 2
                     for part in (js[:half], js[half:]):
-                        self._event("content_block_delta", {"type": "content_block_delta", "index": i,
-                                                            "delta": {"type": "input_json_delta", "partial_json": part}})
+                        delta = {"type": "input_json_delta", "partial_json": part}
+                        self._event("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
                 self._event("content_block_stop", {"type": "content_block_stop", "index": i})
             self._event("message_delta", {"type": "message_delta",
                                           "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
@@ -441,12 +472,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _hang_plain(self):
         self.entry["status"] = None
-        try:
-            while True:  # never answers; the client times out or is killed
-                time.sleep(1.0)
-                self.wfile.write(b"")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        self.close_connection = True
+        while True:  # never answers; returns when the client gives up (EOF on the socket)
+            readable, _, _ = select.select([self.connection], [], [], 1.0)
+            try:
+                if readable and not self.connection.recv(65536):
+                    return
+            except OSError:
+                return
 
     do_GET = do_POST = do_HEAD = _handle
 

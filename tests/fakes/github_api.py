@@ -158,7 +158,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if opts.get("require_user_agent") and not self.headers.get("User-Agent"):
                 raise ApiError(403, "Request forbidden by administrative rules. Please make sure your "
                                "request has a User-Agent header "
-                               "(https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required)."
+                               "(https://docs.github.com/en/rest/overview/resources-in-the-rest-api"
+                               "#user-agent-required)."
                                " Check https://developer.github.com for other possible causes.")
             status, obj, headers = self._route(url, body)
             self._send(status, obj, headers)
@@ -218,7 +219,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise ApiError(404, "Branch not found", DOCS + "/branches/branches#get-a-branch")
             api = "http://%s/repos/%s" % (self.headers.get("Host", "api.github.com"), full)
             return 200, {"name": branch, "commit": {"sha": sha, "url": "%s/commits/%s" % (api, sha)},
-                         "_links": {"self": "%s/branches/%s" % (api, branch), "html": "%s/%s/tree/%s" % (hb, full, branch)},
+                         "_links": {"self": "%s/branches/%s" % (api, branch),
+                                    "html": "%s/%s/tree/%s" % (hb, full, branch)},
                          "protected": False}, None
         if rest == ["pulls"] and m == "GET":
             state = query.get("state", ["open"])[0]

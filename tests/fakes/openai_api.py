@@ -125,15 +125,15 @@ class Handler(base.Handler):
             return self._error(401, "Incorrect API key provided: %s***." % key[:3])
         if path.endswith("/models") and self.command == "GET":
             data = [{"id": m, "object": "model", "created": 1767225600, "owned_by": "openai"}
-                    for m in ("gpt-5-codex", "gpt-5", "gpt-4.1")]
+                    for m in ("gpt-5.5", "gpt-5-codex", "gpt-4.1")]
             return self._send(200, {"object": "list", "data": data})
         if "/models/" in path and self.command == "GET":
             return self._send(200, {"id": path.rsplit("/", 1)[-1], "object": "model", "created": 1767225600,
                                     "owned_by": "openai"})
         if path.endswith("/responses") and self.command == "POST":
-            if self.headers.get("x-openai-internal-codex-responses-lite") or (
-                    isinstance(body, dict) and "tools" not in body and any(
-                        isinstance(it, dict) and it.get("type") == "additional_tools" for it in body.get("input") or [])):
+            lite = isinstance(body, dict) and "tools" not in body and any(
+                isinstance(it, dict) and it.get("type") == "additional_tools" for it in body.get("input") or [])
+            if self.headers.get("x-openai-internal-codex-responses-lite") or lite:
                 # Codex's internal "responses-lite" format (its newest default models, code-mode `exec`
                 # tool): not the public Responses API. Fail loudly instead of answering nonsense.
                 return self._error(400, "fake openai_api: Codex sent an internal responses-lite request "

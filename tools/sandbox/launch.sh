@@ -1,11 +1,14 @@
 #!/bin/sh
 # Starts a sandboxed command under per-sandbox cgroup limits when the machine's
-# cgroups allow it, then execs bubblewrap with the given arguments.
-#   launch.sh <cgroup-name> <memory-bytes|0> <pids|0> bwrap [args...]
+# cgroups allow it, then execs bubblewrap with the given arguments - as an
+# unprivileged host user when started as root, so the sandbox's uid maps to that
+# user (not to root) and root-only files stay unreadable even if bound in.
+#   launch.sh <cgroup-name> <memory-bytes|0> <pids|0> <host-uid> bwrap [args...]
 # cgroup v2 (memory.max, pids.max) or v1 (memory.limit_in_bytes, pids.max); when
 # neither is writable the command still runs, with rlimits and the wall clock only.
-name=$1 mem=$2 pids=$3
-shift 3
+umask 022 # the host runs with 077; repository files keep normal modes
+name=$1 mem=$2 pids=$3 uid=$4
+shift 4
 join() { echo $$ > "$1/cgroup.procs" 2>/dev/null; }
 if [ -w /sys/fs/cgroup/cgroup.subtree_control ] 2>/dev/null && grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
   d=/sys/fs/cgroup/aicode/$name
@@ -23,5 +26,8 @@ else
     echo "$pids" > "/sys/fs/cgroup/pids/aicode/$name/pids.max" 2>/dev/null
     join "/sys/fs/cgroup/pids/aicode/$name"
   fi
+fi
+if [ "$(id -u)" = 0 ] && [ "$uid" != 0 ]; then
+  exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$@"
 fi
 exec "$@"

@@ -16,6 +16,14 @@ sandbox_mt.__index = sandbox_mt
 local OUTPUT_CAP = 8 * 1024 * 1024 -- per stream kept in the result; on_output sees everything
 local SANDBOX_PATH = "/opt/aicode/bin:/opt/aicode/tools/node_modules/.bin:/usr/local/bin:/usr/bin:/bin"
 
+-- The host user sandboxed processes run as (when aicode runs as root): the
+-- sandbox's uid 1000 maps to it, so nothing the sandbox does acts as root.
+local SANDBOX_HOST_UID = 65534
+
+local ETC_FILES = { "alternatives", "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf",
+    "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "localtime", "timezone",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "bash.bashrc", "profile", "mime.types", "gitconfig" }
+
 local function tools_root()
     return config.get().tools_dir
 end
@@ -36,13 +44,19 @@ function _M.create(opts)
         network = s.sandbox_network ~= "none",
         limits = s.sandbox_limits,
     }, sandbox_mt)
-    local p, err = host.process.spawn {
-        argv = { "mkdir", "-p", "-m", "0700", self.workspace },
-        env = { PATH = "/usr/bin:/bin" },
-    }
-    if not p then return nil, "cannot create sandbox: " .. tostring(err) end
-    local code = p:wait()
-    if code ~= 0 then return nil, "cannot create sandbox directory" end
+    -- The root and the sandbox directory are traversable (0711) so the
+    -- unprivileged sandbox user reaches its own workspace, which only it can read.
+    for _, argv in ipairs({
+        { "mkdir", "-p", "-m", "0711", s.sandbox_root },
+        { "chmod", "0711", host.info.data_dir, s.sandbox_root },
+        { "mkdir", "-m", "0711", dir },
+        { "mkdir", "-m", "0700", self.workspace },
+        { "chown", SANDBOX_HOST_UID .. ":" .. SANDBOX_HOST_UID, self.workspace },
+    }) do
+        local p, err = host.process.spawn { argv = argv, env = { PATH = "/usr/bin:/bin" } }
+        if not p then return nil, "cannot create sandbox: " .. tostring(err) end
+        if p:wait() ~= 0 then return nil, "cannot create sandbox directory (" .. argv[1] .. ")" end
+    end
     return self
 end
 
@@ -50,7 +64,7 @@ function sandbox_mt:bwrap_argv(opts)
     local tools = tools_root()
     local argv = {
         tools .. "/sandbox/launch.sh", self.name,
-        tostring(self.limits.memory_bytes), tostring(self.limits.pids),
+        tostring(self.limits.memory_bytes), tostring(self.limits.pids), tostring(SANDBOX_HOST_UID),
         "bwrap",
         "--unshare-user", "--uid", "1000", "--gid", "1000",
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -59,13 +73,25 @@ function sandbox_mt:bwrap_argv(opts)
         "--ro-bind", "/usr", "/usr",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-        "--ro-bind", "/etc", "/etc",
+        "--ro-bind", tools .. "/sandbox/etc/passwd", "/etc/passwd",
+        "--ro-bind", tools .. "/sandbox/etc/group", "/etc/group",
+    }
+    -- Only what programs need from /etc (certificates, name resolution, locale);
+    -- never the whole directory.
+    for _, f in ipairs(ETC_FILES) do
+        argv[#argv + 1] = "--ro-bind-try"
+        argv[#argv + 1] = "/etc/" .. f
+        argv[#argv + 1] = "/etc/" .. f
+    end
+    for _, a in ipairs({
         "--proc", "/proc", "--dev", "/dev",
         "--tmpfs", "/tmp", "--tmpfs", "/home",
         "--dir", "/home/agent",
         "--bind", self.workspace, "/workspace",
         "--ro-bind", tools .. "/sandbox", "/opt/aicode/bin",
-    }
+    }) do
+        argv[#argv + 1] = a
+    end
     -- The agent CLIs (make agents); -try: the shell agent works without them.
     argv[#argv + 1] = "--ro-bind-try"
     argv[#argv + 1] = tools .. "/agents"
