@@ -43,7 +43,16 @@ typedef struct {
     char *hdrs; /* raw "name: value\r\n" lines of the final response */
     size_t hdrs_len, hdrs_cap;
     int too_large;
+    /* Streaming (host.http.stream): body bytes wait in `body` until read(). */
+    int stream, lua_alive, in_multi, done, headers_done, paused, wait_mode;
+    long status;
+    CURLcode result;
+    host_co_t *waiter;
+    host_timer_t wake;
 } http_op_t;
+
+enum { WAIT_NONE, WAIT_HEADERS, WAIT_DATA };
+#define STREAM_BUFFER_MAX (1024 * 1024) /* above this, the transfer pauses until read() */
 
 static int buf_append(char **buf, size_t *len, size_t *cap, const char *src, size_t n)
 {
@@ -63,10 +72,22 @@ static int buf_append(char **buf, size_t *len, size_t *cap, const char *src, siz
     return 0;
 }
 
+static void stream_schedule_wake(http_op_t *op);
+
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *data)
 {
     http_op_t *op = data;
     size_t n = size * nmemb;
+    if (op->stream) {
+        if (op->body_len >= STREAM_BUFFER_MAX) {
+            op->paused = 1;
+            return CURL_WRITEFUNC_PAUSE; /* curl keeps the data and delivers it again later */
+        }
+        if (buf_append(&op->body, &op->body_len, &op->body_cap, ptr, n) != 0)
+            return 0;
+        stream_schedule_wake(op);
+        return n;
+    }
     if (op->body_len + n > op->max_body) {
         op->too_large = 1;
         return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
@@ -85,6 +106,17 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *data)
         op->hdrs_len = 0;
         return n;
     }
+    if (op->stream && (n == 2 || n == 1) && (ptr[0] == '\r' || ptr[0] == '\n')) {
+        /* End of a header block: the final one unless it was an interim 1xx. */
+        long status = 0;
+        curl_easy_getinfo(op->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200) {
+            op->status = status;
+            op->headers_done = 1;
+            stream_schedule_wake(op);
+        }
+        return n;
+    }
     if (op->hdrs_len + n > 64 * 1024)
         return 0;
     if (buf_append(&op->hdrs, &op->hdrs_len, &op->hdrs_cap, ptr, n) != 0)
@@ -94,8 +126,11 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *data)
 
 static void op_free(http_op_t *op)
 {
+    if (op->stream)
+        host_timer_stop(op->http->worker->timers, &op->wake);
     if (op->easy != NULL) {
-        curl_multi_remove_handle(op->http->multi, op->easy);
+        if (!op->stream || op->in_multi)
+            curl_multi_remove_handle(op->http->multi, op->easy);
         curl_easy_cleanup(op->easy);
     }
     curl_slist_free_all(op->req_headers);
@@ -209,8 +244,17 @@ static void drain_finished(host_http_t *h)
         if (msg->msg != CURLMSG_DONE)
             continue;
         http_op_t *op = NULL;
+        CURLcode rc = msg->data.result;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&op);
-        op_complete(op, msg->data.result);
+        if (op->stream) {
+            curl_multi_remove_handle(h->multi, op->easy);
+            op->in_multi = 0;
+            op->done = 1;
+            op->result = rc;
+            stream_schedule_wake(op);
+        } else {
+            op_complete(op, rc);
+        }
     }
 }
 
@@ -350,21 +394,23 @@ static int has_crlf(const char *s, size_t n)
     return memchr(s, '\r', n) != NULL || memchr(s, '\n', n) != NULL || memchr(s, '\0', n) != NULL;
 }
 
-static int l_http_request(lua_State *L)
+/*
+ * Reads the options table at index 1 and builds the transfer. Returns the op, or
+ * NULL with `nil, "blocked"` pushed when the URL's scheme is not allowed. Misuse
+ * (bad types, invalid headers) raises.
+ */
+static http_op_t *op_setup(lua_State *L, host_worker_t *w, int stream)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    host_worker_t *w = host_current_worker;
-    if (w == NULL || w->http == NULL || host_co_current(L) == NULL)
-        return luaL_error(L, "host.http.request can only be used while handling a request or task");
-
     lua_getfield(L, 1, "url");
     const char *url = luaL_checkstring(L, -1);
     lua_getfield(L, 1, "method");
     size_t method_len;
     const char *method = luaL_optlstring(L, -1, "GET", &method_len);
     if (!valid_token(method, method_len))
-        return luaL_error(L, "http.request: invalid method");
-    int timeout_ms = opt_int(L, 1, "timeout_ms", DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS);
+        luaL_error(L, "http.request: invalid method");
+    /* Streams may run without a total deadline (0): an idle timeout ends dead ones. */
+    int timeout_ms = opt_int(L, 1, "timeout_ms", stream ? 0 : DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS);
+    int idle_s = opt_int(L, 1, "idle_timeout_s", 120, 3600);
     int max_body = opt_int(L, 1, "max_body", DEFAULT_MAX_BODY, MAX_MAX_BODY);
     int allow_http = opt_bool(L, 1, "allow_http");
     int follow = opt_bool(L, 1, "follow_redirects");
@@ -374,19 +420,19 @@ static int l_http_request(lua_State *L)
         !(allow_http && strncasecmp(url, "http://", 7) == 0)) {
         lua_pushnil(L);
         lua_pushliteral(L, "blocked");
-        return 2;
+        return NULL;
     }
 
     http_op_t *op = calloc(1, sizeof(*op));
     if (op == NULL)
-        return luaL_error(L, "out of memory");
+        luaL_error(L, "out of memory");
     op->http = w->http;
-    op->co = host_co_current(L);
+    op->stream = stream;
     op->max_body = (size_t)max_body;
     op->easy = curl_easy_init();
     if (op->easy == NULL) {
         op_free(op);
-        return luaL_error(L, "out of memory");
+        luaL_error(L, "out of memory");
     }
 
     /* Request headers: validated so a value cannot smuggle a second header. */
@@ -397,22 +443,23 @@ static int l_http_request(lua_State *L)
             size_t nlen, vlen;
             /* A value may be a host.secret handle: resolved here, never a Lua string. */
             const char *value = host_secret_value(L, -1, &vlen);
-            if (lua_type(L, -2) != LUA_TSTRING || (value == NULL && lua_type(L, -1) != LUA_TSTRING)) {
+            if (lua_type(L, -2) != LUA_TSTRING ||
+                (value == NULL && lua_type(L, -1) != LUA_TSTRING)) {
                 op_free(op);
-                return luaL_error(L, "http.request: header names must be strings, values strings or secrets");
+                luaL_error(L, "http.request: header names must be strings, values strings or secrets");
             }
             const char *name = lua_tolstring(L, -2, &nlen);
             if (value == NULL)
                 value = lua_tolstring(L, -1, &vlen);
             if (!valid_token(name, nlen) || has_crlf(value, vlen)) {
                 op_free(op);
-                return luaL_error(L, "http.request: invalid header");
+                luaL_error(L, "http.request: invalid header");
             }
             /* Built in C memory (curl copies it): a secret never becomes a Lua string. */
             char *line = malloc(nlen + vlen + 3);
             if (line == NULL) {
                 op_free(op);
-                return luaL_error(L, "out of memory");
+                luaL_error(L, "out of memory");
             }
             memcpy(line, name, nlen);
             memcpy(line + nlen, ": ", 2);
@@ -435,7 +482,7 @@ static int l_http_request(lua_State *L)
         op->req_body = malloc(blen + 1);
         if (op->req_body == NULL) {
             op_free(op);
-            return luaL_error(L, "out of memory");
+            luaL_error(L, "out of memory");
         }
         memcpy(op->req_body, b, blen);
         curl_easy_setopt(op->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
@@ -455,16 +502,36 @@ static int l_http_request(lua_State *L)
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout_ms < 10000 ? timeout_ms : 10000));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)(timeout_ms != 0 && timeout_ms < 10000 ? timeout_ms : 10000));
+    if (stream) {
+        /* A stream that stays silent this long is dead (keepalives count as data). */
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)idle_s);
+    }
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, op);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, op);
     curl_easy_setopt(e, CURLOPT_PRIVATE, op);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "aicode");
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    if (!stream)
+        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    return op;
+}
+
+static int l_http_request(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    host_worker_t *w = host_current_worker;
+    if (w == NULL || w->http == NULL || host_co_current(L) == NULL)
+        return luaL_error(L, "host.http.request can only be used while handling a request or task");
+    http_op_t *op = op_setup(L, w, 0);
+    if (op == NULL)
+        return 2; /* nil, "blocked" */
+    op->co = host_co_current(L);
     lua_settop(L, 0);
-    if (curl_multi_add_handle(w->http->multi, e) != CURLM_OK) {
+    if (curl_multi_add_handle(w->http->multi, op->easy) != CURLM_OK) {
         op_free(op);
         lua_pushnil(L);
         lua_pushliteral(L, "error");
@@ -473,9 +540,202 @@ static int l_http_request(lua_State *L)
     return host_co_yield_op(L, op, op_cancel);
 }
 
+/* --- host.http.stream ------------------------------------------------------
+ * The handle is owned jointly by its Lua userdata and by the transfer; curl
+ * callbacks never resume Lua directly (Lua could then call back into curl from
+ * inside a callback): they schedule a zero-delay wake on the loop instead. */
+
+#define STREAM_MT "host.http.stream"
+
+typedef struct {
+    http_op_t *op;
+} stream_ud_t;
+
+static void stream_maybe_free(http_op_t *op)
+{
+    if (!op->lua_alive && (op->done || !op->in_multi))
+        op_free(op);
+}
+
+static int push_stream_error(lua_State *L, http_op_t *op)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, error_kind(op->result, op));
+    return 2;
+}
+
+static void on_stream_wake(host_timer_t *timer)
+{
+    http_op_t *op = timer->data;
+    host_co_t *co = op->waiter;
+    if (co == NULL)
+        return;
+    lua_State *L = co->L;
+    int n;
+    if (op->wait_mode == WAIT_HEADERS) {
+        if (op->headers_done) {
+            lua_pushinteger(L, op->status);
+            push_headers(L, op);
+            n = 2;
+        } else if (op->done) {
+            n = push_stream_error(L, op);
+        } else {
+            return;
+        }
+    } else {
+        if (op->body_len != 0) {
+            lua_pushlstring(L, op->body, op->body_len);
+            op->body_len = 0;
+            if (op->paused) {
+                op->paused = 0;
+                curl_easy_pause(op->easy, CURLPAUSE_CONT);
+            }
+            n = 1;
+        } else if (op->done) {
+            if (op->result == CURLE_OK) {
+                lua_pushnil(L);
+                n = 1;
+            } else {
+                n = push_stream_error(L, op);
+            }
+        } else {
+            return;
+        }
+    }
+    op->waiter = NULL;
+    op->wait_mode = WAIT_NONE;
+    host_co_clear_op(co);
+    host_co_resume(co, n);
+}
+
+static void stream_schedule_wake(http_op_t *op)
+{
+    if (op->waiter != NULL && !host_timer_is_armed(&op->wake))
+        host_timer_start(op->http->worker->timers, &op->wake, 0);
+}
+
+static void stream_wait_cancel(void *_op)
+{
+    http_op_t *op = _op;
+    op->waiter = NULL;
+    op->wait_mode = WAIT_NONE;
+    host_timer_stop(op->http->worker->timers, &op->wake);
+}
+
+static int l_http_stream(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    host_worker_t *w = host_current_worker;
+    if (w == NULL || w->http == NULL || host_co_current(L) == NULL)
+        return luaL_error(L, "host.http.stream can only be used while handling a request or task");
+    http_op_t *op = op_setup(L, w, 1);
+    if (op == NULL)
+        return 2;
+    host_timer_init(&op->wake, on_stream_wake, op);
+    if (curl_multi_add_handle(w->http->multi, op->easy) != CURLM_OK) {
+        op_free(op);
+        lua_pushnil(L);
+        lua_pushliteral(L, "error");
+        return 2;
+    }
+    op->in_multi = 1;
+    op->lua_alive = 1;
+    stream_ud_t *ud = lua_newuserdatauv(L, sizeof(*ud), 0);
+    ud->op = op;
+    luaL_setmetatable(L, STREAM_MT);
+    return 1;
+}
+
+static http_op_t *check_stream(lua_State *L)
+{
+    stream_ud_t *ud = luaL_checkudata(L, 1, STREAM_MT);
+    if (ud->op == NULL)
+        luaL_error(L, "stream is closed");
+    return ud->op;
+}
+
+static int stream_wait(lua_State *L, http_op_t *op, int mode)
+{
+    if (op->waiter != NULL)
+        return luaL_error(L, "another coroutine is already waiting on this stream");
+    op->waiter = host_co_current(L);
+    op->wait_mode = mode;
+    lua_settop(L, 1); /* the suspended coroutine keeps the handle alive */
+    return host_co_yield_op(L, op, stream_wait_cancel);
+}
+
+/* s:headers() -> status, headers | nil, err  (yields until the response starts) */
+static int l_stream_headers(lua_State *L)
+{
+    http_op_t *op = check_stream(L);
+    if (op->headers_done) {
+        lua_pushinteger(L, op->status);
+        push_headers(L, op);
+        return 2;
+    }
+    if (op->done)
+        return push_stream_error(L, op);
+    return stream_wait(L, op, WAIT_HEADERS);
+}
+
+/* s:read() -> chunk | nil (end) | nil, err */
+static int l_stream_read(lua_State *L)
+{
+    http_op_t *op = check_stream(L);
+    if (op->body_len != 0) {
+        lua_pushlstring(L, op->body, op->body_len);
+        op->body_len = 0;
+        if (op->paused) {
+            op->paused = 0;
+            curl_easy_pause(op->easy, CURLPAUSE_CONT);
+        }
+        return 1;
+    }
+    if (op->done) {
+        if (op->result == CURLE_OK) {
+            lua_pushnil(L);
+            return 1;
+        }
+        return push_stream_error(L, op);
+    }
+    return stream_wait(L, op, WAIT_DATA);
+}
+
+/* s:close(): aborts the transfer (idempotent). */
+static int l_stream_close(lua_State *L)
+{
+    stream_ud_t *ud = luaL_checkudata(L, 1, STREAM_MT);
+    http_op_t *op = ud->op;
+    if (op == NULL)
+        return 0;
+    ud->op = NULL;
+    op->lua_alive = 0;
+    op->waiter = NULL;
+    if (op->in_multi) {
+        curl_multi_remove_handle(op->http->multi, op->easy);
+        op->in_multi = 0;
+    }
+    op->done = 1;
+    stream_maybe_free(op);
+    return 0;
+}
+
 int host_open_http(lua_State *L)
 {
-    static const luaL_Reg funcs[] = {{"request", l_http_request}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {
+        {"headers", l_stream_headers}, {"read", l_stream_read}, {"close", l_stream_close}, {NULL, NULL}};
+    if (luaL_newmetatable(L, STREAM_MT)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_stream_close);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_stream_close);
+        lua_setfield(L, -2, "__close");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {{"request", l_http_request}, {"stream", l_http_stream}, {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;
 }

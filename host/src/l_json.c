@@ -324,14 +324,22 @@ static int enc_fail(struct enc *e, const char *fmt, const char *arg)
     return -1;
 }
 
-static int buf_reserve(struct enc *e, size_t need)
+static int buf_grow(struct enc *e, size_t need);
+
+/* Makes room for `need` more bytes; the check is inlined, the growth is not. */
+static inline int buf_reserve(struct enc *e, size_t need)
+{
+    if (__builtin_expect(need <= e->s->cap - e->s->len, 1))
+        return 0;
+    return buf_grow(e, need);
+}
+
+static __attribute__((noinline)) int buf_grow(struct enc *e, size_t need)
 {
     struct scratch *s = e->s;
     size_t cap;
     char *p;
 
-    if (need <= s->cap - s->len)
-        return 0;
     cap = s->cap != 0 ? s->cap : 1024;
     while (cap - s->len < need) {
         if (cap > SIZE_MAX / 2)
@@ -433,6 +441,53 @@ static size_t utf8_seq_len(const unsigned char *p, const unsigned char *end)
     return n;
 }
 
+/* enc_string's byte classes: 0 = copied as is, 1 = escaped (control characters, '"',
+ * '\\'), 2 = non-ASCII (UTF-8 is validated, U+2028/U+2029 are escaped). */
+static const unsigned char str_class[256] = {
+    /* 0x00-0x1f */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x20-0x7f: '"' (0x22) and '\\' (0x5c) */
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    /* 0x80-0xff */
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
+
+/* True when none of the 8 bytes of w is a control character, '"', '\\' or >= 0x80, i.e.
+ * all are class 0 (classic SWAR tests; they have no false negatives, and a false
+ * positive would only send the bytes through the exact per-byte path). */
+static inline int plain8(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+    uint64_t special = ((w - ones * 0x20) & ~w)  /* a byte < 0x20 (or >= 0x80, checked too) */
+                       | ((q - ones) & ~q)        /* a '"' */
+                       | ((b - ones) & ~b)        /* a '\\' */
+                       | w;                        /* a byte >= 0x80 */
+    return (special & highs) == 0;
+}
+
+/* Length of the run of class-0 bytes at p (up to end). */
+static inline size_t plain_run(const unsigned char *p, const unsigned char *end)
+{
+    const unsigned char *q = p;
+    uint64_t w;
+
+    while (end - q >= 8) {
+        memcpy(&w, q, 8);
+        if (!plain8(w))
+            break;
+        q += 8;
+    }
+    while (q < end && str_class[*q] == 0)
+        q++;
+    return (size_t)(q - p);
+}
+
 static int enc_string(struct enc *e, const char *str, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -440,18 +495,19 @@ static int enc_string(struct enc *e, const char *str, size_t len)
     char esc[6];
     size_t esclen, n;
 
-    if (buf_reserve(e, len + 2) < 0 || buf_addc(e, '"') < 0)
+    if (buf_reserve(e, len + 2) < 0)
         return -1;
+    e->s->buf[e->s->len++] = '"';
     /* Copy runs of bytes that need nothing in one memcpy; stop only at bytes that need an
      * escape or a UTF-8 check. */
     run = p;
     while (p < end) {
-        unsigned char c = *p;
+        unsigned char c;
 
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            p++;
-            continue;
-        }
+        p += plain_run(p, end);
+        if (p == end)
+            break;
+        c = *p;
         if (c >= 0x80) {
             if ((n = utf8_seq_len(p, end)) == 0)
                 return enc_fail(e, "invalid UTF-8 in string", NULL);
@@ -506,6 +562,14 @@ static int enc_string(struct enc *e, const char *str, size_t len)
     return buf_addc(e, '"');
 }
 
+/* Bytewise order; a key that is a prefix of another sorts first. */
+static inline int key_less(const struct key_ent *x, const struct key_ent *y)
+{
+    int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
+
+    return c != 0 ? c < 0 : x->len < y->len;
+}
+
 static int key_cmp(const void *a, const void *b)
 {
     const struct key_ent *x = a, *y = b;
@@ -514,6 +578,29 @@ static int key_cmp(const void *a, const void *b)
     if (c != 0)
         return c;
     return (x->len > y->len) - (x->len < y->len);
+}
+
+/* Object keys are distinct strings, so any correct sort gives the same order. Small
+ * objects (the usual API row) use an insertion sort: no call through a comparator and
+ * none of qsort's set-up; large ones use qsort. */
+#define KEY_INSERTION_SORT_MAX 24
+
+static void sort_keys(struct key_ent *k, size_t n)
+{
+    if (n > KEY_INSERTION_SORT_MAX) {
+        qsort(k, n, sizeof(*k), key_cmp);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        struct key_ent cur = k[i];
+        size_t j = i;
+
+        while (j > 0 && key_less(&cur, &k[j - 1])) {
+            k[j] = k[j - 1];
+            j--;
+        }
+        k[j] = cur;
+    }
 }
 
 static int enc_value(struct enc *e, int idx, int depth);
@@ -568,7 +655,7 @@ static int enc_object(struct enc *e, int t, int top, size_t n, int depth)
         k->s = lua_tolstring(L, k->idx, &k->len);
     }
     s->nkeys = base + n;
-    qsort(s->keys + base, n, sizeof(*s->keys), key_cmp);
+    sort_keys(s->keys + base, n);
 
     rc = buf_addc(e, '{');
     for (i = 0; rc == 0 && i < n; i++) {

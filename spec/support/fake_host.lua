@@ -18,6 +18,10 @@
 --   ctl.sleeps                every host.sleep duration (sleep advances the clock)
 --   ctl:advance(seconds)      moves host.now() and host.monotonic_ms() forward
 --   ctl.shared                the host.shared dictionary: key -> {value, expires_at}
+--   ctl.vault                 the host.vault entries: key -> {value, ttl, expires_at}
+--   ctl.secrets               overrides for host.secret (a string, or false = unset)
+--   ctl:secret_value(handle)  the value a host.secret handle stands for (what C sends)
+--   ctl.spawned               every host.spawn call: {fn, args}
 --   ctl:cleanup()             removes the temporary data dir
 local core = require "host_core"
 local lfs = require "lfs"

@@ -53,6 +53,7 @@ class TaskApiTests(unittest.TestCase):
         cls.srv = task_server(cls.repos, env={"MAX_CONCURRENT_TASKS": "8", "MAX_TASKS_PER_USER": "8"})
         cls.user = new_user()
         cls.tok = cls.srv.token(cls.user)
+        cls.tok2 = cls.srv.token(new_user())  # for tests whose tasks must not show in the main user's list
         r = cls.srv.request("POST", "/api/projects", token=cls.tok,
                             body={"name": "demo", "repo_url": "https://github.com/octo/demo"})
         assert r.status == 200, r
@@ -349,6 +350,26 @@ class TaskApiTests(unittest.TestCase):
         self.assertEqual(fc["calc.txt"]["after"], "42\n")
         self.assertEqual(fc["quoted.txt"]["after"], "; rm -rf / ;\n")
         self.assertEqual(t["chat_messages"][0]["content"], self.injection_prompt, "prompt stored verbatim")
+
+    def test_branch_with_shell_metacharacters_is_only_a_ref(self):
+        """A valid ref name full of shell metacharacters is used as a ref, never as shell:
+        the clone checks out exactly that branch, and nothing runs on the host."""
+        marker = "/tmp/pwned-ref-" + uuid.uuid4().hex
+        branch = "feat;touch${IFS}%s&&$(id)|`id`" % marker
+        self.repos.make("octo/weird", {"w.txt": "weird\n"}, branch=branch)
+        tid = start_task(self.srv, self.tok2, "git branch --show-current; cat w.txt\n", self.repos.url("octo/weird"),
+                         branch=branch)
+        t = wait_task(self.srv, self.tok2, tid)
+        self.assertEqual(t["status"], "completed", t["error"])
+        self.assertEqual(t["target_branch"], branch)
+        self.assertEqual(assistant_messages(t)[0].split("\n")[0], branch)
+        self.assertFalse(os.path.exists(marker), "the branch name ran as a command on the host")
+        # A metacharacter branch that does not exist: a clean clone failure, nothing run.
+        tid = start_task(self.srv, self.tok2, "echo hi\n", self.url, branch="nope;touch${IFS}" + marker)
+        t = wait_task(self.srv, self.tok2, tid)
+        self.assertEqual(t["status"], "failed")
+        self.assertRegex(t["error"], r"(?i)clone")
+        self.assertFalse(os.path.exists(marker))
 
     # -- idempotency ---------------------------------------------------------------------
     def test_idempotency_key(self):

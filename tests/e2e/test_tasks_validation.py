@@ -65,9 +65,8 @@ BAD_URLS = [
 
 BAD_BRANCHES = [
     "feature x", "a..b", "a~1", "a^", "a^{}", "a:b", "-main", "--upload-pack=touch", "main.lock", "a/b.lock",
-    "main\n", "main\ttab", "a@{1}", "@{-1}", "@", "a?b", "a*b", "a[b", "a\\b", "a/", "/a", "a//b", ".hidden",
-    "a/.b", "a.", "main\x7f", "main;touch /tmp/x", "$(touch /tmp/x)", "`id`", "main|id", "main&&id",
-    "x" * 300,
+    "main\n", "main\ttab", "a@{1}", "@{-1}", "a?b", "a*b", "a[b", "a\\b", "a/", "/a", "a//b", ".hidden",
+    "a/.b", "a.", "main\x7f", "main;touch /tmp/x", "$(touch /tmp/x)", "x" * 300,
 ]
 
 GOOD_BRANCHES = ["main", "feature/x-1", "release-2.0", "a.b", "user@host", "UPPER_case"]
@@ -120,6 +119,18 @@ class ValidationTests(unittest.TestCase):
                 self.assertRefused(self.start(self.body(branch=branch)))
         self.assertEqual(self.rows(), before)
         self.assertFalse(os.path.exists("/tmp/x"), "a branch name ran as a command")
+
+    def test_branch_lists_agree_with_git(self):
+        """The lists above are right: git itself refuses every bad name and accepts the good ones."""
+        import subprocess
+
+        def git_ok(b):
+            return subprocess.run(["git", "check-ref-format", "--branch", b], capture_output=True).returncode == 0
+        for b in BAD_BRANCHES:
+            if len(b) <= 255:
+                self.assertFalse(git_ok(b), b)
+        for b in GOOD_BRANCHES:
+            self.assertTrue(git_ok(b), b)
 
     def test_branch_injection_runs_nothing(self):
         marker = "/tmp/pwned-branch-" + uuid.uuid4().hex
@@ -174,12 +185,11 @@ class ValidationTests(unittest.TestCase):
     def test_valid_requests_are_accepted(self):
         """Control: the validator is not refusing everything. Well-formed requests create a
         task (it then fails to clone: nothing listens on the allowed host)."""
-        for i, (url, branch) in enumerate([(GOOD_URL, "main"), (GOOD_URL + ".git", "feature/x-1"),
-                                          (GOOD_URL + "/", "release-2.0"), (GOOD_URL, "a.b"),
-                                          (GOOD_URL, "user@host"), (GOOD_URL, "UPPER_case")]):
+        cases = [(GOOD_URL, "main"), (GOOD_URL + ".git", "feature/x-1"), (GOOD_URL + "/", "release-2.0"),
+                 (GOOD_URL, "a.b"), (GOOD_URL, "user@host"), (GOOD_URL, "UPPER_case")]
+        tok = self.srv.token(new_user())
+        for url, branch in cases:
             with self.subTest(url=url, branch=branch):
-                uid = new_user()
-                tok = self.srv.token(uid)
                 r = self.start(self.body(repo_url=url, branch=branch), token=tok)
                 self.assertEqual(r.status, 200, r)
                 t = wait_task(self.srv, tok, r.json["task_id"])

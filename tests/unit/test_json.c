@@ -317,6 +317,38 @@ static void test_strings(void)
     check_encode_err("'\\x80'", "invalid UTF-8 in string");
     check_encode_err("{['\\xff'] = 1}", "invalid UTF-8 in string");
     check_encode_err("{{ok = {'\\xc3'}}}", "invalid UTF-8 in string");
+
+    /* The fast paths (8-byte scan, run copies) against a plain per-byte escaper: every
+     * ASCII byte, UTF-8 sequences and an invalid byte at every position of strings up to
+     * 40 bytes, so each lands on and across every 8-byte boundary. */
+    lua_check("string escaping matches a per-byte reference at every position",
+              "local named = {[8] = '\\\\b', [9] = '\\\\t', [10] = '\\\\n', [12] = '\\\\f', "
+              "  [13] = '\\\\r', [34] = '\\\\\"', [92] = '\\\\\\\\'} "
+              "local function ref(s) "
+              "  local out = {} "
+              "  for _, c in utf8.codes(s) do "
+              "    if named[c] then out[#out + 1] = named[c] "
+              "    elseif c < 32 or c == 0x2028 or c == 0x2029 then "
+              "      out[#out + 1] = string.format('\\\\u%04x', c) "
+              "    else out[#out + 1] = utf8.char(c) end "
+              "  end "
+              "  return '\"' .. table.concat(out) .. '\"' "
+              "end "
+              "local inserts = {'\\u{e9}', '\\u{20ac}', '\\u{1f600}', '\\u{2028}', '\\u{2029}'} "
+              "for b = 0, 127 do inserts[#inserts + 1] = string.char(b) end "
+              "for len = 0, 40 do "
+              "  local base = string.rep('abcdefgh', 6):sub(1, len) "
+              "  for pos = 0, len do "
+              "    for _, ins in ipairs(inserts) do "
+              "      local s = base:sub(1, pos) .. ins .. base:sub(pos + 1) "
+              "      if json.encode(s) ~= ref(s) then return false, ('%q'):format(s) end "
+              "    end "
+              "    local bad = base:sub(1, pos) .. '\\xff' .. base:sub(pos + 1) "
+              "    local v, err = json.encode(bad) "
+              "    if v ~= nil or err ~= 'invalid UTF-8 in string' then return false, bad end "
+              "  end "
+              "end "
+              "return true");
 }
 
 static void test_types(void)
@@ -370,7 +402,36 @@ static void test_big(void)
               "return d.o300.k300 == 300 and json.encode(d) == s");
 }
 
+static void test_key_order(void)
+{
+    /* Objects of 0..60 keys (both sides of the insertion-sort threshold), with keys that
+     * are prefixes of each other, share long prefixes or hold non-ASCII bytes. */
+    lua_check("object keys come out in bytewise order for every size",
+              "local seed = 7 "
+              "local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 "
+              "  return seed % n end "
+              "local alphabet = {'a', 'b', 'ab', 'a ', 'Z', '_', '0', '\\u{e9}', 'long-prefix-'} "
+              "for size = 0, 60 do "
+              "  for _ = 1, 20 do "
+              "    local t, keys = {}, {} "
+              "    while #keys < size do "
+              "      local k = '' "
+              "      for _ = 1, 1 + rnd(4) do k = k .. alphabet[1 + rnd(#alphabet)] end "
+              "      if t[k] == nil then t[k] = #keys + 1 keys[#keys + 1] = k end "
+              "    end "
+              "    table.sort(keys) "
+              "    local parts = {} "
+              "    for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ':' .. t[k] end "
+              "    local want = size == 0 and '{}' or '{' .. table.concat(parts, ',') .. '}' "
+              "    local got = json.encode(t) "
+              "    if got ~= want then return false, got .. ' ~= ' .. want end "
+              "  end "
+              "end "
+              "return true");
+}
+
 static void test_c_api(void)
+
 {
     char err[256] = "";
     luaL_Buffer b;
@@ -539,6 +600,7 @@ int main(void)
     test_strings();
     test_types();
     test_big();
+    test_key_order();
     test_c_api();
     test_fresh_state();
     test_memory_errors();

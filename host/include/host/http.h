@@ -13,6 +13,17 @@
  *   res = {status = 200, headers = {["content-type"] = "..."}, body = "..."}
  *   err is one of "blocked", "timeout", "connect", "dns", "tls", "too large",
  *   "error" (never contains the URL, headers or body, which may hold secrets).
+ *   Header values may be host.secret handles (resolved in C, never Lua strings).
+ *
+ * Streaming responses (server-sent events, Connect RPC streams):
+ *   s, err = host.http.stream{ ...same options...,
+ *       timeout_ms = 0,          -- total deadline; 0 (the default) = none
+ *       idle_timeout_s = 120,    -- a stream silent this long fails with "timeout"
+ *   }                            -- returns at once; the transfer runs in the loop
+ *   status, headers = s:headers()   -- yields until the response starts (or nil, err)
+ *   chunk = s:read()                -- yields; next bytes, nil at the end, or nil, err
+ *   s:close()                       -- aborts; also on garbage collection
+ * Unread data pauses the transfer above 1 MiB (backpressure).
  */
 #ifndef HOST_HTTP_H
 #define HOST_HTTP_H
