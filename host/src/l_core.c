@@ -342,6 +342,71 @@ static int l_find_executable(lua_State *L)
     return 1;
 }
 
+/* host.base64_encode(s) / host.base64_decode(s) -> s | nil: standard alphabet with
+ * padding (what Connect's protojson uses for bytes fields). */
+static int l_base64_encode(lua_State *L)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, 4 * ((n + 2) / 3));
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0) |
+                     (i + 2 < n ? s[i + 2] : 0);
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
+    }
+    luaL_pushresultsize(&b, o);
+    return 1;
+}
+
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+' || c == '-')
+        return 62;
+    if (c == '/' || c == '_')
+        return 63;
+    return -1;
+}
+
+static int l_base64_decode(lua_State *L)
+{
+    size_t n;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    while (n > 0 && s[n - 1] == '=')
+        --n;
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, n * 3 / 4 + 3);
+    size_t o = 0;
+    unsigned acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; ++i) {
+        int v = b64_value(s[i]);
+        if (v < 0) {
+            lua_pushnil(L);
+            return 1;
+        }
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    luaL_pushresultsize(&b, o);
+    return 1;
+}
+
 /* host.traceback(msg): the message plus a stack traceback, for error logs only. */
 static int l_traceback(lua_State *L)
 {
@@ -479,6 +544,8 @@ int host_open_core(lua_State *L)
                                      {"random_hex", l_random_hex},
                                      {"traceback", l_traceback},
                                      {"find_executable", l_find_executable},
+                                     {"base64_encode", l_base64_encode},
+                                     {"base64_decode", l_base64_decode},
                                      {"spawn", l_spawn},
                                      {"is_current_generation", l_is_current_generation},
                                      {NULL, NULL}};

@@ -72,9 +72,18 @@ local function read()
     s.tools_dir = abs(env("AICODE_TOOLS_DIR", "./tools"))
     s.sandbox_root = abs(host.info.data_dir) .. "/sandboxes"
     s.sandbox_provider = env("SANDBOX_PROVIDER", "local")
-    if s.sandbox_provider ~= "local" then
-        problems[#problems + 1] = "SANDBOX_PROVIDER must be 'local' (E2B arrives with issue #4)"
+    if s.sandbox_provider ~= "local" and s.sandbox_provider ~= "e2b" then
+        problems[#problems + 1] = "SANDBOX_PROVIDER must be 'local' or 'e2b'"
     end
+    if s.sandbox_provider == "e2b" and not host.has_env("E2B_API_KEY") then
+        problems[#problems + 1] = "SANDBOX_PROVIDER=e2b needs E2B_API_KEY"
+    end
+    s.e2b_api_url = (env("E2B_API_URL", "https://api.e2b.app"):gsub("/+$", ""))
+    s.e2b_domain = env("E2B_DOMAIN", "e2b.app")
+    s.e2b_sandbox_url = env("E2B_SANDBOX_URL") and (env("E2B_SANDBOX_URL"):gsub("/+$", ""))
+    s.e2b_template = env("E2B_TEMPLATE", "base")
+    -- The CLI versions pinned in tools/agents/package.json (a spec checks they match).
+    s.agent_versions = { ["@anthropic-ai/claude-code"] = "2.1.197", ["@openai/codex"] = "0.171.0" }
     s.sandbox_network = env("SANDBOX_NETWORK", "on")
     if s.sandbox_network ~= "on" and s.sandbox_network ~= "none" then
         problems[#problems + 1] = "SANDBOX_NETWORK must be 'on' or 'none'"
@@ -112,7 +121,10 @@ local function read()
         problems[#problems + 1] = "MODEL_PROXY must be 'on' or 'off'"
     end
     if host.info.tls then s.model_proxy = "off" end
-    if s.model_proxy == "on" then
+    if s.model_proxy == "on" and env("MODEL_PROXY_URL") then
+        -- Where sandboxes reach this server (E2B sandboxes are not on this machine).
+        s.model_proxy_base = env("MODEL_PROXY_URL"):gsub("/+$", "") .. "/internal/model"
+    elseif s.model_proxy == "on" then
         local h = host.info.listen_host or "127.0.0.1"
         if h == "0.0.0.0" or h == "::" or h == "" or h == "localhost" then h = "127.0.0.1" end
         if h:find(":", 1, true) then h = "[" .. h .. "]" end

@@ -27,7 +27,20 @@ end
 local function cleanup_sandbox(container_id)
     if type(container_id) ~= "string" then return end
     local provider, name = container_id:match("^(%w+):(.+)$")
-    if provider == "local" then require("app.sandbox.local").cleanup(name) end
+    if provider == "local" or provider == "e2b" then require("app.sandbox." .. provider).cleanup(name) end
+end
+
+-- E2B sandboxes tagged by aicode whose task is not running (a crash, a lost
+-- kill): killed at start and periodically.
+local REAP_EVERY_S = 60
+local function reap()
+    if config.get().sandbox_provider ~= "e2b" then return end
+    local killed, err = require("app.sandbox.e2b").reap(function(id) return (store:task_status(id)) end)
+    if not killed then
+        log("warn", "engine: E2B orphan reaper failed", { error = tostring(err) })
+    elseif killed > 0 then
+        log("warn", "engine: killed orphaned E2B sandboxes", { count = killed })
+    end
 end
 
 local function recover()
@@ -140,10 +153,14 @@ end
 
 local function loop()
     local s = config.get()
-    local last_recover = -math.huge
+    local last_recover, last_reap = -math.huge, -math.huge
     log("info", "engine started", { owner = OWNER })
     while host.is_current_generation() do
         local now = host.monotonic_ms() / 1000
+        if now - last_reap >= REAP_EVERY_S then
+            last_reap = now
+            host.spawn(reap)
+        end
         if now - last_recover >= RECOVER_EVERY_S then
             recover()
             last_recover = now

@@ -50,21 +50,22 @@ function _M.valid_branch(b)
     return true
 end
 
-local ASKPASS = "/opt/aicode/bin/askpass.sh"
+-- Each sandbox provider places the askpass helper (tools/sandbox/askpass.sh) at
+-- sandbox.askpass.
 
 -- Environment for a git process that talks to the remote.
-function _M.remote_env(token)
+function _M.remote_env(sandbox, token)
     return {
         GIT_TERMINAL_PROMPT = "0",
-        GIT_ASKPASS = ASKPASS,
+        GIT_ASKPASS = sandbox.askpass,
         GIT_TOKEN = token or "",
         GIT_CONFIG_NOSYSTEM = "1",
     }
 end
 
 -- Common options: no credential helpers that could store the token, no file://.
-local function git_argv(...)
-    local argv = { "git", "-c", "credential.helper=", "-c", "core.askPass=" .. ASKPASS,
+local function git_argv(sandbox, ...)
+    local argv = { "git", "-c", "credential.helper=", "-c", "core.askPass=" .. sandbox.askpass,
         "-c", "protocol.file.allow=never", "-c", "advice.detachedHead=false" }
     for _, a in ipairs({ ... }) do argv[#argv + 1] = a end
     return argv
@@ -87,8 +88,9 @@ end
 
 function _M.clone(sandbox, url, branch, token, timeout_s)
     local res, err = sandbox:exec {
-        argv = git_argv("clone", "--branch", branch, "--single-branch", "--no-tags", "--", url, sandbox.repo_dir),
-        env = _M.remote_env(token),
+        argv = git_argv(sandbox, "clone", "--branch", branch, "--single-branch", "--no-tags", "--", url,
+            sandbox.repo_dir),
+        env = _M.remote_env(sandbox, token),
         network = true,
         timeout_s = timeout_s,
     }
@@ -102,7 +104,7 @@ end
 -- -> stdout | nil, err, exec_result
 function _M.run(sandbox, args, opts)
     opts = opts or {}
-    local argv = git_argv(table.unpack(args))
+    local argv = git_argv(sandbox, table.unpack(args))
     local res, err = sandbox:exec {
         argv = argv, cwd = sandbox.repo_dir, stdin = opts.stdin, network = false, timeout_s = opts.timeout_s or 300,
         env = { GIT_CONFIG_NOSYSTEM = "1", GIT_AUTHOR_NAME = config.get().git_bot_name,

@@ -82,6 +82,10 @@ function _M.run_agent(run)
     local available, why = true, nil
     if agent.available then available, why = agent.available() end
     if not available then return nil, "agent " .. agent.name .. " is not available: " .. tostring(why) end
+    if run.sandbox.prepare_agent then
+        local ok, err = run.sandbox:prepare_agent(agent.name, function(msg) run:emit("notice", { message = msg }) end)
+        if not ok then return nil, err end
+    end
     local cmd = agent.command {
         prompt = run.prompt, history = run.history, repo_dir = run.sandbox.repo_dir,
         tools_dir = run.sandbox.tools_dir, settings = config.get(),

@@ -89,8 +89,8 @@ local function push_branch(task, token, branch)
                 " (it has moved since the task ran): " .. aerr)
         end
         local res, xerr = sandbox:exec {
-            argv = git.argv("push", "--force", "--", "origin", "HEAD:refs/heads/" .. branch),
-            env = git.remote_env(token), cwd = sandbox.repo_dir, network = true, timeout_s = 120,
+            argv = git.argv(sandbox, "push", "--force", "--", "origin", "HEAD:refs/heads/" .. branch),
+            env = git.remote_env(sandbox, token), cwd = sandbox.repo_dir, network = true, timeout_s = 120,
         }
         if not res then errors.raise(503, xerr) end
         if res.code ~= 0 then

@@ -10,6 +10,8 @@
  *   host.random_hex(n)    n random bytes, hex encoded
  *   host.traceback(msg)   msg plus the stack traceback (for error logs)
  *   host.find_executable(name) -> path | nil (PATH lookup)
+ *   host.base64_encode(s), host.base64_decode(s) -> s | nil (standard, padded;
+ *                         the decoder also accepts the URL-safe alphabet)
  *   host.shared.incr(key, by, ttl_s) -> value, ttl_remaining_s
  *                         process-wide counters (all workers), for rate limits
  *   host.shared.get(key)  -> value | nil

@@ -39,6 +39,7 @@ function _M.create(opts)
         workspace = dir .. "/workspace",
         repo_dir = "/workspace/repo",
         tools_dir = "/opt/aicode/tools",
+        askpass = "/opt/aicode/bin/askpass.sh",
         procs = {},
         destroyed = false,
         network = s.sandbox_network ~= "none",

@@ -22,6 +22,15 @@ local function decode_json_column(row, field, default_json)
     if v == nil or v == null then
         v = default_json
     end
+    -- The usual values, without a trip through the parser: json.decode("{}") is a new
+    -- empty table marked as an object, which is what json.object() returns.
+    if v == "{}" then
+        row[field] = json.object()
+        return
+    elseif v == "[]" then
+        row[field] = json.array()
+        return
+    end
     local decoded = json.decode(v)
     if decoded == nil then decoded = json.decode(default_json) end
     row[field] = decoded
@@ -89,11 +98,17 @@ local PROJECT_COLUMNS = [[
     (SELECT count(*) FROM tasks t WHERE t.project_id = p.id AND t.status IN ('pending', 'running')) AS active_tasks
 ]]
 
+-- Built once: the statement cache finds a constant string by its address. The
+-- ORDER BY follows idx_projects_user_created (no sort step), and each count is a
+-- probe of the covering index idx_tasks_project_status (db/sqlite/003_indexes.sql).
+local LIST_PROJECTS_SQL = "SELECT " .. PROJECT_COLUMNS ..
+    " FROM projects p WHERE p.user_id = ? ORDER BY p.created_at DESC, p.id DESC"
+local GET_PROJECT_SQL = "SELECT " .. PROJECT_COLUMNS .. " FROM projects p WHERE p.id = ? AND p.user_id = ?"
+
 function _M.list_projects(_, user_id)
     local d, err = conn()
     if not d then return nil, err end
-    local rows, qerr, code = d:query("SELECT " .. PROJECT_COLUMNS ..
-        " FROM projects p WHERE p.user_id = ? ORDER BY p.created_at DESC, p.id DESC", user_id)
+    local rows, qerr, code = d:query(LIST_PROJECTS_SQL, user_id)
     if not rows then return failure(qerr, code) end
     for i = 1, #rows do project_row(rows[i]) end
     return json.array(rows)
@@ -102,8 +117,7 @@ end
 function _M.get_project(_, user_id, id)
     local d, err = conn()
     if not d then return nil, err end
-    local row, qerr, code = d:first("SELECT " .. PROJECT_COLUMNS ..
-        " FROM projects p WHERE p.id = ? AND p.user_id = ?", id, user_id)
+    local row, qerr, code = d:first(GET_PROJECT_SQL, id, user_id)
     if qerr then return failure(qerr, code) end
     return row and project_row(row)
 end
