@@ -489,14 +489,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         log_request(r, 431, NULL);
         return 0;
     }
-    /* The model API proxy carries whole agent conversations and long model
-     * answers: it gets its own body limit and deadline; everything else the API's. */
+    /* The model API proxy waits for whole model answers: it gets its own deadline.
+     * (Its bodies share MAX_BODY_BYTES: h2o 2.2.5 has one body limit per server, and
+     * a larger one for everybody would let any client make us buffer that much.) */
     size_t prefix_len = sizeof(HOST_MODEL_PROXY_PREFIX) - 1;
     int is_proxy = req->path_normalized.len >= prefix_len &&
                    memcmp(req->path_normalized.base, HOST_MODEL_PROXY_PREFIX, prefix_len) == 0;
-    size_t max_body = is_proxy ? host_config.proxy_max_body : host_config.max_body;
     uint64_t timeout_ms = is_proxy ? host_config.proxy_timeout_ms : host_config.request_timeout_ms;
-    if (req->entity.base != NULL && req->entity.len > max_body) {
+    if (req->entity.base != NULL && req->entity.len > host_config.max_body) {
         send_json_error(req, r->request_id, 413, "Request body too large");
         log_request(r, 413, NULL);
         return 0;
@@ -676,8 +676,7 @@ int host_server_init(void)
     h2o_config_init(&globalconf);
     globalconf.server_name = h2o_iovec_init(H2O_STRLIT("aicode"));
     /* h2o's default is 1 GiB; keep a little headroom so our own 413 (JSON) answers. */
-    globalconf.max_request_entity_size =
-        host_config.max_body > host_config.proxy_max_body ? host_config.max_body : host_config.proxy_max_body;
+    globalconf.max_request_entity_size = host_config.max_body;
     globalconf.http1.req_timeout = host_config.idle_timeout_ms;
     globalconf.http2.idle_timeout = host_config.idle_timeout_ms;
     h2o_hostconf_t *hostconf =

@@ -1,5 +1,6 @@
 -- Helpers shared by the agent modules in scripts/agents/.
 local host = require "host"
+local text_util = require "app.text"
 
 local json = host.json
 
@@ -9,8 +10,8 @@ local MAX_TEXT = 8192 -- per event field: events are for watching, the repositor
 
 function _M.clip(s)
     if type(s) ~= "string" then return s end
-    if #s > MAX_TEXT then return s:sub(1, MAX_TEXT) .. "\n... (truncated)" end
-    return s
+    if #s > MAX_TEXT then return text_util.valid_utf8(text_util.clip(s, MAX_TEXT)) .. "\n... (truncated)" end
+    return text_util.valid_utf8(s)
 end
 
 -- Decodes one JSONL line; nil for anything that is not a JSON object.
@@ -42,7 +43,7 @@ function _M.last_line(text)
     for line in (text or ""):gmatch("[^\n]+") do
         if line:match("%S") then last = line end
     end
-    return last and last:sub(1, 300) or nil
+    return last and text_util.valid_utf8(text_util.clip(last, 300)) or nil
 end
 
 -- Common "why did the process stop" text.

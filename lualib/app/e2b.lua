@@ -230,7 +230,8 @@ local function follow(st, handlers)
             elseif ev.data then
                 for _, name in ipairs({ "stdout", "stderr", "pty" }) do
                     if type(ev.data[name]) == "string" and handlers.on_data then
-                        handlers.on_data(name == "stderr" and "stderr" or "stdout", host.base64_decode(ev.data[name]) or "")
+                        local bytes = host.base64_decode(ev.data[name]) or ""
+                        handlers.on_data(name == "stderr" and "stderr" or "stdout", bytes)
                     end
                 end
             elseif ev["end"] then

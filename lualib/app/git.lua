@@ -3,6 +3,7 @@
 -- reaches git only through the askpass helper's environment, for clone and push,
 -- so it never appears in a URL, an argument, .git/config, an event or a log.
 local config = require "app.config"
+local text_util = require "app.text"
 
 local _M = {}
 
@@ -40,7 +41,7 @@ end
 -- `git check-ref-format --branch` rules, checked without running git.
 function _M.valid_branch(b)
     if type(b) ~= "string" or b == "" or #b > 255 then return false end
-    if b == "@" or b:find("[%c%s~%^:%?%*%[\\\127]") then return false end
+    if b == "@" or b == "HEAD" or b:find("[%c%s~%^:%?%*%[\\\127]") then return false end
     if b:sub(1, 1) == "-" or b:sub(1, 1) == "/" or b:sub(-1) == "/" or b:sub(-1) == "." then return false end
     if b:find("..", 1, true) or b:find("@{", 1, true) or b:find("//", 1, true) then return false end
     if b:sub(-5) == ".lock" then return false end
@@ -83,7 +84,7 @@ function _M.reason(stderr)
     local text = table.concat(lines, "; ")
     if text == "" then text = (stderr or ""):sub(-300) end
     text = text:gsub("https?://[^%s'\"]+", "<url>")
-    return text:sub(1, 500)
+    return text_util.valid_utf8(text_util.clip(text, 500))
 end
 
 function _M.clone(sandbox, url, branch, token, timeout_s)

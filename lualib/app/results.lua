@@ -59,7 +59,9 @@ function _M.capture(sandbox, base, message)
     if not diff then return nil, err end
     patch, err = git.run(sandbox, { "format-patch", "--binary", "--stdout", base .. ".." .. head })
     if not patch then return nil, err end
-    names, err = git.run(sandbox, { "diff", "--name-only", "-z", base, head })
+    -- Without rename detection a rename lists both paths (the old one deleted, the
+    -- new one created), so nothing that changed is missing from the list.
+    names, err = git.run(sandbox, { "diff", "--name-only", "-z", "--no-renames", base, head })
     if not names then return nil, err end
     numstat, err = git.run(sandbox, { "diff", "--numstat", "-z", "--no-renames", base, head })
     if not numstat then return nil, err end

@@ -3,6 +3,7 @@
 -- state the engine's watchdog sets.
 local host = require "host"
 local store = require "app.store"
+local text_util = require "app.text"
 
 local json = host.json
 
@@ -51,8 +52,9 @@ function _M:emit(kind, data)
         end
         return
     end
+    -- Output arrives in raw chunks that may split a character: keep events valid UTF-8.
     for k, v in pairs(data or {}) do
-        if type(v) == "string" then data[k] = self:sanitize(v) end
+        if type(v) == "string" then data[k] = text_util.valid_utf8(self:sanitize(v)) end
     end
     store:add_event(self.id, kind, data or json.object())
 end

@@ -90,7 +90,7 @@ function _M.finish(state, res)
         out.cost_usd = r.total_cost_usd
         if r.is_error or (r.subtype and r.subtype ~= "success") then
             out.error = "Claude Code stopped: " .. tostring(r.subtype or "error") ..
-                (type(r.result) == "string" and (": " .. r.result:sub(1, 300)) or "")
+                (type(r.result) == "string" and (": " .. util.clip(r.result:sub(1, 300))) or "")
         end
     else
         out.answer = state.last_text

@@ -66,7 +66,7 @@ function _M.parse(state, line)
         state.usage = msg.usage
     elseif msg.type == "turn.failed" or msg.type == "error" then
         local e = type(msg.error) == "table" and msg.error.message or msg.message
-        state.error = type(e) == "string" and e:sub(1, 300) or "unknown error"
+        state.error = type(e) == "string" and util.clip(e:sub(1, 300)) or "unknown error"
         events[#events + 1] = { type = "error", data = { message = state.error } }
     end
     return events

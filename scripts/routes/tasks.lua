@@ -3,7 +3,6 @@
 -- owner-scoped (another user's task is a 404).
 local host = require "host"
 local agents = require "app.agents"
-local config = require "app.config"
 local errors = require "app.errors"
 local git = require "app.git"
 local store = require "app.store"
@@ -223,6 +222,7 @@ function _M.events(req)
                 else
                     local status = store:task_status(id)
                     if status == nil or TERMINAL[status] then
+                        status = status or "deleted"
                         -- One more look: events written just before the status changed.
                         local tail = store:events_since(id, last, 200)
                         if not tail or #tail == 0 then

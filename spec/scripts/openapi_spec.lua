@@ -2,6 +2,13 @@
 -- plus the unprefixed aliases app.server registers) and nothing else, with the
 -- response shapes the handlers really produce. The app is loaded through the real
 -- prelude (helper.sandbox), exactly as bin/aicode loads a generation.
+--
+-- Every route is exercised through app.server.handle with the real SQLite store.
+-- The task engine does not run: task states are set in the database, and the
+-- event stream (text/event-stream) is drained and each event's data checked
+-- against the schemas the document names for it. GitHub and the model providers
+-- answer from the fake host's http queue; create-pr stops where a sandbox would be
+-- needed (the fake host has no host.process), which is the documented 503.
 local helper = require "support.helper"
 
 local ALICE = "11111111-1111-4111-8111-111111111111"
@@ -711,8 +718,10 @@ describe("scripts/openapi.json", function()
                 check("POST", path, { body = { github_token = "ghp_x" } }, 502)
                 ctl:queue_http("timeout")
                 check("POST", path, { body = { github_token = "ghp_x" } }, 502)
-                gh(200, { login = "octocat" })
+                -- a repo_url that is not allowed is refused before GitHub is asked anything
+                local calls = #ctl.http_calls
                 check("POST", path, { body = { github_token = "ghp_x", repo_url = "https://evil.example/o/r" } }, 400)
+                assert.are.equal(calls, #ctl.http_calls)
                 check("POST", path, { body = {} }, 400)
                 check("POST", path, {}, 400)
                 check("POST", path, { body = { github_token = "a b" } }, 400)

@@ -23,7 +23,6 @@ typedef struct host_config_t {
     const char *db_dir;          /* AICODE_DB_DIR (migrations), default ./db */
     int dev;                     /* AICODE_DEV=1: watch scripts and hot reload */
     size_t max_body;             /* MAX_BODY_BYTES, default 1 MiB */
-    size_t proxy_max_body;       /* MODEL_PROXY_MAX_BODY_BYTES, default 32 MiB (/internal/model/) */
     uint64_t proxy_timeout_ms;   /* MODEL_PROXY_TIMEOUT_MS, default 600000 (/internal/model/) */
     int max_header_count;        /* MAX_HEADER_COUNT, default 64 */
     size_t max_header_bytes;     /* MAX_HEADER_BYTES, default 16 KiB */
@@ -38,7 +37,7 @@ typedef struct host_config_t {
 
 extern host_config_t host_config;
 
-/** Path prefix of the model API proxy the sandboxed agents call (larger limits). */
+/** Path prefix of the model API proxy the sandboxed agents call (longer deadline). */
 #define HOST_MODEL_PROXY_PREFIX "/internal/model/"
 
 /**

@@ -97,6 +97,10 @@ function sandbox_mt:bwrap_argv(opts)
     argv[#argv + 1] = "--ro-bind-try"
     argv[#argv + 1] = tools .. "/agents"
     argv[#argv + 1] = "/opt/aicode/tools"
+    -- The sandbox's own root (a tmpfs holding the mount points) becomes read-only
+    -- too: only /workspace, /tmp and $HOME stay writable.
+    argv[#argv + 1] = "--remount-ro"
+    argv[#argv + 1] = "/"
     local network = opts.network
     if network == nil then network = self.network end
     if not network then argv[#argv + 1] = "--unshare-net" end

@@ -36,7 +36,7 @@ function _M.install(store, h)
 
     -- Creates a pending task. With an idempotency key, a retry returns the task the
     -- first request created (created = false) instead of queueing a second one.
-    function store.create_task(self, user_id, f)
+    function store.create_task(_, user_id, f)
         local messages = json.encode(json.array { { role = "user", content = f.prompt, timestamp = f.timestamp } })
         local changes, rowid = run([[INSERT INTO tasks
             (user_id, project_id, repo_url, target_branch, agent, status, chat_messages,
@@ -193,7 +193,7 @@ function _M.install(store, h)
             if r.cancel_requested == 1 then
                 action = "cancelled"
                 run([[UPDATE tasks SET status = 'cancelled', completed_at = ]] .. NOW_ISO .. [[,
-                    lease_owner = NULL, lease_until = NULL, error = 'Cancelled'
+                    lease_owner = NULL, lease_until = NULL, error = 'Cancelled', cancel_requested = 0
                     WHERE id = ? AND status = 'running' AND lease_until < ?]], r.id, now)
             elseif r.attempts < max_attempts then
                 action = "requeued"
@@ -232,9 +232,9 @@ function _M.install(store, h)
 
     -- A follow-up run: appends the user's message and re-queues a finished task.
     -- Returns the task, or nil, "busy" when it is still pending or running.
-    function store.start_followup(self, user_id, id, message)
+    function store.start_followup(store_self, user_id, id, message)
         local changes, err = run([[UPDATE tasks
-            SET status = 'pending', error = NULL, completed_at = NULL, attempts = 0,
+            SET status = 'pending', error = NULL, completed_at = NULL, attempts = 0, cancel_requested = 0,
                 chat_messages = json_insert(chat_messages, '$[#]', json(?))
             WHERE id = ? AND user_id = ? AND status IN ('completed', 'failed', 'cancelled')]],
             json.encode(message), id, user_id)
@@ -244,12 +244,15 @@ function _M.install(store, h)
             if not row then return nil end
             return nil, "busy"
         end
-        return self:get_task(user_id, id)
+        return store_self:get_task(user_id, id)
     end
 
+    -- Records the pull request, and the commit it was pushed at (so a later call
+    -- knows whether a follow-up run changed the result since).
     function store.set_pr(_, user_id, id, f)
-        return run("UPDATE tasks SET pr_branch = ?, pr_number = ?, pr_url = ? WHERE id = ? AND user_id = ?",
-            f.pr_branch, f.pr_number, f.pr_url, id, user_id)
+        return run([[UPDATE tasks SET pr_branch = ?, pr_number = ?, pr_url = ?,
+            execution_metadata = json_set(execution_metadata, '$.pr_commit_hash', ?)
+            WHERE id = ? AND user_id = ?]], f.pr_branch, f.pr_number, f.pr_url, f.commit_hash or null, id, user_id)
     end
 
     function store.add_event(_, task_id, type, data)

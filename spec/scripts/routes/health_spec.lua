@@ -55,9 +55,16 @@ describe("routes.health", function()
             assert.are.equal(90, body.uptime_seconds)
             assert.are.equal("integer", math.type(body.uptime_seconds))
             assert.are.same({ backend = "sqlite", reachable = true }, body.store)
-            assert.are.same({ kind = "bubblewrap", available = true }, body.sandbox_providers["local"])
+            assert.are.same({ kind = "bubblewrap", available = true, selected = true }, body.sandbox_providers["local"])
             local text = json.encode(body)
-            assert.matches('"agents":[]', text, 1, true)
+            -- every file in scripts/agents/ is listed with its availability
+            assert.are.same({ "claude", "codex", "shell" }, (function()
+                local names = {}
+                for name in pairs(body.agents) do names[#names + 1] = name end
+                table.sort(names)
+                return names
+            end)())
+            assert.is_true(body.agents.shell.available)
             assert.matches('"uptime_seconds":90,', text, 1, true)
         end)
 
