@@ -7,7 +7,7 @@ BUILD_PKGS="gcc make pkg-config libc6-dev liblua5.4-dev lua5.4 libh2o-evloop-dev
   libjwt-dev libjansson-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 ca-certificates"
 RUN_PKGS="git bubblewrap util-linux"
 TEST_PKGS="lua-busted lua-check luarocks python3 python3-jwt python3-cryptography curl openssl
-  clang-format valgrind wrk procps"
+  clang-format valgrind wrk procps postgresql-15 python3-psycopg2"
 
 want="$BUILD_PKGS $RUN_PKGS"
 # Node runs the agent installer (npm) and the Codex launcher; Debian's is enough

@@ -73,23 +73,7 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations (
     checksum   text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
--- Not for the API: RLS with no policy hides it from anon / authenticated even
--- where Supabase's default privileges granted them access; service_role may read it.
-ALTER TABLE public.schema_migrations ENABLE ROW LEVEL SECURITY;
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-        REVOKE ALL ON public.schema_migrations FROM anon;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        REVOKE ALL ON public.schema_migrations FROM authenticated;
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-        REVOKE ALL ON public.schema_migrations FROM service_role;
-        GRANT SELECT ON public.schema_migrations TO service_role;
-    END IF;
-END
-$$;
+ALTER TABLE public.schema_migrations ENABLE ROW LEVEL SECURITY;  -- no policy: hidden from the API roles
 SQL
   echo "SELECT to_regnamespace('auth') IS NULL AS aicode_no_auth \\gset"
   echo "COMMIT;"
@@ -99,7 +83,7 @@ SQL
     sum=$(sha256sum "$f" | cut -d' ' -f1)
     if [ "$version" = 000 ]; then
       case "$shim" in
-        no) echo "\\echo 'skip $base (--shim no)'"; continue ;;
+        no) printf '%s\n' "\\echo 'skip $base (--shim no)'"; continue ;;
         auto) echo "\\if :aicode_no_auth" ;;
         yes) echo "\\if true" ;;
       esac
@@ -117,16 +101,39 @@ SELECT count(*) > 0 AS aicode_applied, coalesce(bool_or(checksum <> $(lit "$sum"
 \\else
 \\echo 'apply $base'
 \\i $(lit "$f")
-INSERT INTO public.schema_migrations (version, name, checksum) VALUES ($(lit "$version"), $(lit "$base"), $(lit "$sum"));
+INSERT INTO public.schema_migrations (version, name, checksum)
+    VALUES ($(lit "$version"), $(lit "$base"), $(lit "$sum"));
 \\endif
 COMMIT;
 SQL
     if [ "$version" = 000 ]; then
-      echo "\\else"
-      echo "\\echo 'skip $base (the database has an auth schema: a Supabase project, or the shim is in place)'"
-      echo "\\endif"
+      printf '%s\n' "\\else" \
+        "\\echo 'skip $base (the database has an auth schema: a Supabase project, or the shim is in place)'" \
+        "\\endif"
     fi
   done
+  # Last, when the roles exist (the shim or Supabase made them): the bookkeeping table is
+  # not for the API. RLS with no policy hides it from anon / authenticated even where
+  # Supabase's default privileges granted them access; service_role may read it.
+  cat <<'SQL'
+BEGIN;
+ALTER TABLE public.schema_migrations ENABLE ROW LEVEL SECURITY;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+        REVOKE ALL ON public.schema_migrations FROM anon;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON public.schema_migrations FROM authenticated;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        REVOKE ALL ON public.schema_migrations FROM service_role;
+        GRANT SELECT ON public.schema_migrations TO service_role;
+    END IF;
+END
+$$;
+COMMIT;
+SQL
 } >"$script"
 
 out=$(psql_run -f "$script" 2>&1) || { echo "$out" >&2; echo "migrate_pg.sh: failed" >&2; exit 1; }

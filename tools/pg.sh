@@ -11,7 +11,8 @@
 # DIR defaults to $AICODE_PG_DIR, else /tmp/aicode-pg-$(id -u). The cluster lives in
 # DIR/data, listens on 127.0.0.1:<free port> and on the unix socket dir DIR/sock,
 # trusts every local connection (superuser `postgres`, no password: test use only),
-# runs with fsync off, and has a database `aicode` ($AICODE_PG_DB).
+# runs with fsync off and timezone UTC (as Supabase), and has a database `aicode`
+# ($AICODE_PG_DB).
 # The URL is postgresql://postgres@127.0.0.1:PORT/aicode.
 #
 # As root (CI, this machine) the server runs as the `postgres` user via runuser,
@@ -87,7 +88,8 @@ pg_start() {
     fi
     tries=$((tries + 1))
     # The port may have been taken since we picked it: pick another and retry.
-    if [ $tries -ge 3 ] || ! grep -qiE 'address already in use|could not bind|could not create any TCP' "$dir/log" 2>/dev/null; then
+    if [ $tries -ge 3 ] ||
+        ! grep -qiE 'address already in use|could not bind|could not create any TCP' "$dir/log" 2>/dev/null; then
       tail -n 20 "$dir/log" >&2 2>/dev/null || true
       die "cannot start PostgreSQL in $dir (log: $dir/log)"
     fi
@@ -109,6 +111,7 @@ cmd_start() {
     [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir" "$dir/$MARK"
     as_pg test -w "$dir" || die "$dir is not writable by the postgres user (use a directory under /tmp)"
     as_pg mkdir -p "$dir/sock"
+    rm -rf "$dir/data"   # what a failed initdb may have left
     if ! as_pg "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C \
         --no-sync --no-instructions >"$dir/initdb.log" 2>&1; then
       cat "$dir/initdb.log" >&2
@@ -123,6 +126,7 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 200
 shared_buffers = 32MB
+timezone = 'UTC'
 logging_collector = off
 log_min_messages = warning
 log_min_error_statement = panic

@@ -6,12 +6,18 @@
 -- and cancel_requested is boolean. All times come from the database clock
 -- (now()), so hosts sharing the database need not agree on the time.
 --
--- Functions callable through PostgREST /rpc (named JSON arguments):
---   engine only (service_role):  claim_next_task, heartbeat_task, finish_task_run,
---                                recover_expired_tasks
---   owner-scoped (service_role or the owner's JWT; every one takes user_id and
---   filters by it, and RLS applies as well under a user's JWT):
---                                request_cancel_task, start_followup, append_chat_message
+-- Functions callable through PostgREST /rpc (named JSON arguments), service_role only:
+--   engine:        claim_next_task, heartbeat_task, finish_task_run, recover_expired_tasks
+--   owner-scoped:  request_cancel_task, start_followup, append_chat_message (each takes
+--                  user_id and acts only on that user's task)
+--
+-- Tasks are written by the backend only. The seed's policies let a user insert and
+-- update their own tasks directly through the Supabase API; with the queue in this
+-- table that would let anyone queue a task the engine then runs without the
+-- backend's validation (repo_url, branch: seed-contract §7 #6), or reset its status
+-- and attempts. So anon / authenticated keep SELECT (the original frontend reads
+-- tasks directly, §5.1) and lose INSERT / UPDATE / DELETE; the policies stay as they
+-- were, for a project that grants those back deliberately.
 
 ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS lease_owner text;          -- host/engine holding the lease
 ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS lease_until timestamptz;
@@ -19,7 +25,8 @@ ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
 ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS cancel_requested boolean NOT NULL DEFAULT false;
 ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS idempotency_key text;
-ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS run_count integer NOT NULL DEFAULT 0;  -- runs completed (1 + follow-ups)
+-- runs completed (1 + follow-ups)
+ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS run_count integer NOT NULL DEFAULT 0;
 ALTER TABLE public.tasks ADD COLUMN IF NOT EXISTS workflow_version text;
 
 -- A plain (not partial) unique constraint, so PostgREST can name it in
@@ -38,6 +45,8 @@ $$;
 CREATE INDEX IF NOT EXISTS idx_tasks_queue ON public.tasks(status, id);
 CREATE INDEX IF NOT EXISTS idx_tasks_running_user ON public.tasks(user_id) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS idx_tasks_lease ON public.tasks(lease_until) WHERE status = 'running';
+
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.tasks FROM anon, authenticated;
 
 -- ---------------------------------------------------------------------------
 -- Stored task events (the SSE stream; id is the global order and the event id)
@@ -299,12 +308,12 @@ GRANT EXECUTE ON FUNCTION public.claim_next_task(text, integer, integer, integer
                           public.recover_expired_tasks(integer)
     TO service_role;
 
--- Owner-scoped functions (SECURITY INVOKER: RLS applies under a user's JWT).
+-- Owner-scoped functions: the backend calls them with the caller's user_id.
 REVOKE ALL ON FUNCTION public.request_cancel_task(uuid, bigint),
                        public.start_followup(uuid, bigint, jsonb),
                        public.append_chat_message(uuid, bigint, jsonb)
-    FROM PUBLIC, anon;
+    FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.request_cancel_task(uuid, bigint),
                           public.start_followup(uuid, bigint, jsonb),
                           public.append_chat_message(uuid, bigint, jsonb)
-    TO authenticated, service_role;
+    TO service_role;

@@ -325,6 +325,15 @@ int main(int argc, char **argv)
         return cmd_serve();
     }
     if (strcmp(cmd, "migrate") == 0) {
+        /* With DATABASE_URL: the Supabase/PostgreSQL schema (db/supabase) via psql. */
+        const char *dburl = getenv("DATABASE_URL");
+        if (dburl != NULL && *dburl != '\0') {
+            char script[4096];
+            snprintf(script, sizeof(script), "%s/../tools/migrate_pg.sh", host_config.db_dir);
+            execl("/bin/sh", "sh", script, (char *)NULL); /* reads DATABASE_URL itself */
+            fprintf(stderr, "aicode: cannot run %s: %s\n", script, strerror(errno));
+            return 1;
+        }
         char db[4096];
         if (ensure_dir(host_config.data_dir) != 0) {
             fprintf(stderr, "aicode: cannot create %s\n", host_config.data_dir);

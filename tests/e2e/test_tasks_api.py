@@ -398,6 +398,29 @@ class TaskApiTests(unittest.TestCase):
         t = wait_task(self.srv, ta, r1.json["task_id"])
         self.assertEqual(len(assistant_messages(t)), 1)
 
+    def test_idempotency_key_concurrent_retries(self):
+        """Ten simultaneous requests with one key (a client retrying on a flaky network): one task."""
+        import threading
+        uid = new_user()
+        tok = self.srv.token(uid)
+        key = "race-" + uuid.uuid4().hex
+        body = {"prompt": "echo race\n", "repo_url": self.url, "model": "shell"}
+        results = []
+
+        def go():
+            r = self.srv.request("POST", "/api/start-task", token=tok, body=body, headers={"Idempotency-Key": key})
+            results.append((r.status, (r.json or {}).get("task_id")))
+        threads = [threading.Thread(target=go) for _ in range(10)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        self.assertEqual([s for s, _ in results], [200] * 10, results)
+        self.assertEqual(len({tid for _, tid in results}), 1, results)
+        rows = db_query(self.srv, "SELECT count(*) AS n FROM tasks WHERE user_id = '%s'" % uid)
+        self.assertEqual(rows[0]["n"], 1)
+        self.assertEqual(wait_task(self.srv, tok, results[0][1])["status"], "completed")
+
     # -- ownership -------------------------------------------------------------------------
     def test_every_task_route_is_owner_scoped(self):
         other = self.srv.token(new_user())

@@ -97,6 +97,8 @@ class CancelTimeoutFailureTests(unittest.TestCase):
         self.assertGreaterEqual(elapsed, 4.5)
         self.assertEqual(wait_no_process(mark, timeout=3), [], "a process of the timed-out task survived")
         self.assertNotIn("finished-sleeping", "\n".join(assistant_messages(t)))
+        wait_for(lambda: not any(d.startswith("task-%d-" % tid) for d in sandbox_dirs(self.srv)),
+                 timeout=5, what="the timed-out task's sandbox to go")
 
     def test_unknown_repository(self):
         tid = start_task(self.srv, self.tok, "echo hi\n", self.repos.url("octo/does-not-exist"))
@@ -143,6 +145,34 @@ class CancelTimeoutFailureTests(unittest.TestCase):
         t = wait_task(self.srv, self.tok, tid)
         self.assertEqual(t["status"], "failed")
         self.assertIsInstance(t["error"], str)
+
+
+class SlowCloneTests(unittest.TestCase):
+    """Cancel while git is still cloning (the git server answers slowly)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.repos = GitRepos(delay_ms=1500)
+        cls.repos.make("octo/slow", {"README.md": "hi\n"})
+        cls.srv = task_server(cls.repos)
+        cls.tok = cls.srv.token(new_user())
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.close()
+        cls.repos.close()
+
+    def test_cancel_during_clone(self):
+        url = self.repos.url("octo/slow")
+        tid = start_task(self.srv, self.tok, "echo should-not-run\n", url)
+        wait_for(lambda: pgrep(url), timeout=10, what="git clone to start")
+        r = self.srv.request("POST", "/api/tasks/%d/cancel" % tid, token=self.tok, body={})
+        self.assertEqual(r.status, 200, r)
+        t = wait_task(self.srv, self.tok, tid, timeout=5)
+        self.assertEqual(t["status"], "cancelled")
+        self.assertEqual(wait_no_process(url, timeout=3), [], "git processes of the cancelled clone survived")
+        self.assertEqual(len(t["chat_messages"]), 1)
+        wait_for(lambda: sandbox_dirs(self.srv) == [], timeout=5, what="the sandbox to go")
 
 
 class PendingCancelTests(unittest.TestCase):
@@ -277,6 +307,52 @@ class CrashRecoveryTests(unittest.TestCase):
             _, _, evs, _ = read_sse(second, "/api/tasks/%d/events" % tid, token=tok)
             self.assertEqual(evs[-1]["event"], "end")
             return t, evs
+        finally:
+            if second:
+                second.close()
+            first.close()
+            repos.close()
+
+    def test_healthy_long_task_keeps_its_lease(self):
+        """A task running for several lease periods is renewed, not recovered as interrupted."""
+        repos = GitRepos()
+        repos.make("octo/demo", {"README.md": "hi\n"})
+        srv = task_server(repos, env={"TASK_LEASE_SECONDS": "2"})
+        try:
+            tok = srv.token(new_user())
+            tid = start_task(srv, tok, "sleep 7\necho long-done > done.txt\n", repos.url("octo/demo"))
+            t = wait_task(srv, tok, tid, timeout=30)
+            self.assertEqual(t["status"], "completed", t["error"])
+            _, _, evs, _ = read_sse(srv, "/api/tasks/%d/events" % tid, token=tok)
+            statuses = [e["data"]["data"]["status"] for e in evs if e["event"] == "status"]
+            self.assertEqual(statuses, ["pending", "running", "completed"])
+            self.assertNotIn("recovered", srv.log_text())
+        finally:
+            srv.close()
+            repos.close()
+
+    def test_graceful_stop_then_restart(self):
+        """SIGTERM mid-task (a deploy): after the restart the task is not left running."""
+        repos = GitRepos()
+        repos.make("octo/demo", {"README.md": "hi\n"})
+        env = {"TASK_LEASE_SECONDS": "3"}
+        first = task_server(repos, env=env)
+        second = None
+        try:
+            tok = first.token(new_user())
+            mark = marker()
+            tid = start_task(first, tok, "(exec -a %s sleep 4)\necho ok > ok.txt\n" % mark, repos.url("octo/demo"))
+            wait_for(lambda: pgrep(mark), timeout=15, what="the task's sleeper")
+            first.stop(signal.SIGTERM, timeout=30)
+            self.assertEqual(wait_no_process(mark, timeout=5), [], "sandbox processes outlived the server")
+            second = task_server(repos, env=env, data_dir=first.data_dir)
+            t = wait_task(second, tok, tid, timeout=40)
+            self.assertIn(t["status"], ("completed", "failed"))
+            if t["status"] == "completed":
+                self.assertIn("ok.txt", t["changed_files"])
+            else:
+                self.assertIsInstance(t["error"], str)
+            wait_for(lambda: sandbox_dirs(second) == [], timeout=10, what="sandboxes/ to be emptied")
         finally:
             if second:
                 second.close()

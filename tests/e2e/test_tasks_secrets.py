@@ -88,6 +88,10 @@ class SecretsCanaryTests(unittest.TestCase):
         # A follow-up without a token: no token was kept for it, so it cannot clone the private repo.
         call("POST", "/api/tasks/%d/chat" % cls.tid, {"content": "echo follow-up"})
         cls.after_chat = wait_task(cls.srv, cls.tok, cls.tid)
+        # With the token again, the follow-up clones and continues.
+        call("POST", "/api/tasks/%d/chat" % cls.tid, {"content": "cat change.txt; env; cat .git/config\n"
+                                                      "echo more > more.txt", "github_token": cls.canary})
+        cls.after_token_chat = wait_task(cls.srv, cls.tok, cls.tid)
         call("GET", "/api/tasks/%d" % cls.tid)
         cls.events = [read_sse(cls.srv, "/api/tasks/%d/events" % t, token=cls.tok)[3] for t in (cls.tid, cls.bad_tid)]
 
@@ -165,6 +169,13 @@ class SecretsCanaryTests(unittest.TestCase):
         branch = self.pr.json["branch"]
         self.assertIn(branch, self.repos.branches("octo/private"))
         self.assertEqual(self.repos.git("octo/private", "show", "%s:change.txt" % branch), "change\n")
+
+    def test_followup_with_the_token(self):
+        t = self.after_token_chat
+        self.assertEqual(t["status"], "completed", t["error"])
+        self.assertEqual(sorted(t["changed_files"]), ["change.txt", "more.txt"])
+        self.assertIn("change", assistant_messages(t)[-1])
+        self.assertClean(assistant_messages(t)[-1], "the follow-up agent's view")
 
     def test_followup_without_token_fails_readably(self):
         """The token is not stored: a follow-up on a private repository without a new token

@@ -13,8 +13,8 @@ on a real PostgreSQL (psycopg2) against the real migrated schema (db/supabase/).
     server.requests       # every request: seq, ts, method, path, query, role, status, body
     server.opts["down"] = True   # or POST /_control/down: "database down" until /_control/up
 
-The first stdout line (CLI) is `postgrest listening on http://127.0.0.1:PORT ...`, then
-`anon_key=...` and `service_role_key=...`.
+The first stdout line (CLI) is `postgrest listening on http://127.0.0.1:PORT/rest/v1`, then
+`anon_key=...` and `service_role_key=...`. SIGTERM or SIGINT stops it.
 
 What it does, as PostgREST v12 behind Supabase's gateway does (https://postgrest.org):
   * Auth: the `apikey` header (or ?apikey=) is required: missing -> 401 "No API key found
@@ -22,7 +22,8 @@ What it does, as PostgREST v12 behind Supabase's gateway does (https://postgrest
     `Authorization: Bearer <jwt>`, else the apikey. HS256 only (the header's alg is not
     trusted); exp/nbf/iat checked with 30 s skew: 401 PGRST301 (bad token) / PGRST303 (JWT
     expired). The `role` claim (default anon) becomes the database role, per request:
-    `set_config('role', ...)`, `set_config('request.jwt.claims', <claims json>, true)`, plus
+    `set_config('role', ...)` (a superuser login first drops to `authenticator`, so only the
+    roles granted to it work), `set_config('request.jwt.claims', <claims json>, true)`, plus
     request.method / request.path / request.headers and search_path=public, so RLS,
     auth.uid() and auth.jwt() work for real; service_role has BYPASSRLS. One transaction per
     request (READ ONLY for GET/HEAD), committed at the end, rolled back on any error.
@@ -77,10 +78,12 @@ import http.server
 import json
 import random
 import re
+import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 
 import psycopg2
@@ -93,6 +96,7 @@ DEFAULTS = {
     "jwt_secret": DEFAULT_JWT_SECRET,
     "schema": "public",
     "anon_role": "anon",
+    "login_role": "authenticator",  # as PostgREST: a superuser login drops to this role (None: keep it)
     "prefix": "/rest/v1",
     "pool_size": 10,
     "pool_timeout": 10.0,     # seconds to wait for a free connection (then 504 PGRST003)
@@ -289,7 +293,27 @@ class Pool:
             raise
         conn.gen = gen
         conn.fresh = True
+        try:
+            self._login_role(conn)
+        except Exception:
+            self.put(conn, broken=True)
+            raise
         return conn
+
+    def _login_role(self, conn):
+        """PostgREST logs in as `authenticator`, which may switch only to the roles granted
+        to it (anon, authenticated, service_role): a JWT claiming role "postgres" is refused.
+        A superuser login (the test cluster's) becomes that role for the whole session."""
+        role = self.opts.get("login_role")
+        if not role:
+            return
+        with conn.cursor() as cur:
+            cur.execute("SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), "
+                        "EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (role,))
+            superuser, exists = cur.fetchone()
+            if superuser and exists:
+                cur.execute(sql.SQL("SET SESSION AUTHORIZATION {}").format(sql.Identifier(role)))
+        conn.commit()
 
     def put(self, conn, broken=False):
         close = broken or conn.closed or conn.gen != self.gen
@@ -699,6 +723,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                              "message": "Timed out acquiring connection from connection pool."})
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as e:  # a bug in the double: answer, and show it on stderr
+            traceback.print_exc()
+            self._send(500, {"code": "XX000", "details": None, "hint": None,
+                             "message": "postgrest double: internal error: %r" % (e,)})
         finally:
             srv.flush_log(self.entry)
 
@@ -1296,6 +1324,12 @@ def main():
     p.add_argument("--seed", type=int)
     p.add_argument("--log")
     a = p.parse_args()
+
+    def stop(*_):
+        raise KeyboardInterrupt
+    # SIGTERM and SIGINT stop it, even when started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     server, thread, port = start(port=a.port, host=a.host, database_url=a.database_url, jwt_secret=a.jwt_secret,
                                  schema=a.schema, prefix=a.prefix, pool_size=a.pool_size,
                                  pool_timeout=a.pool_timeout, fail_rate=a.fail_rate, fail_next=a.fail_next,
