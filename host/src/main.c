@@ -330,7 +330,7 @@ int main(int argc, char **argv)
         if (dburl != NULL && *dburl != '\0') {
             char script[4096];
             snprintf(script, sizeof(script), "%s/../tools/migrate_pg.sh", host_config.db_dir);
-            execl("/bin/sh", "sh", script, (char *)NULL); /* reads DATABASE_URL itself */
+            execl("/bin/bash", "bash", script, (char *)NULL); /* reads DATABASE_URL itself */
             fprintf(stderr, "aicode: cannot run %s: %s\n", script, strerror(errno));
             return 1;
         }
