@@ -18,6 +18,9 @@
 
 #include "host/config.h"
 #include "host/core.h"
+#include "host/http.h"
+#include "host/sched.h"
+#include "host/timers.h"
 #include "host/jwt.h"
 #include "host/log.h"
 #include "host/migrate.h"
@@ -182,35 +185,68 @@ static int prepare_runtime(int migrate_now)
 }
 
 /*
- * Runs app.cli.run(cmd, args...) outside any coroutine. Its result string goes to
- * stdout unless `quiet_ok`; its error goes to `errout`. Returns the exit status.
+ * Runs app.cli.run(cmd, args...) as a coroutine on a private event loop, so CLI
+ * commands can use the same yielding host calls as routes (a Supabase store talks
+ * HTTP). Its result string goes to stdout unless `quiet_ok`; its error goes to
+ * `errout`. Returns the exit status.
  */
+typedef struct {
+    int finished, rc, quiet_ok;
+    FILE *errout;
+} cli_result_t;
+
+static void on_cli_done(host_co_t *co, int status, int nresults)
+{
+    cli_result_t *res = co->owner;
+    lua_State *L = co->L;
+    res->finished = 1;
+    res->rc = 1;
+    if (status != LUA_OK) {
+        fprintf(stderr, "aicode: %s\n", lua_tostring(L, -1));
+        return;
+    }
+    int base = lua_gettop(L) - nresults; /* results: value, err */
+    if (nresults >= 1 && lua_isstring(L, base + 1)) {
+        if (!res->quiet_ok)
+            printf("%s\n", lua_tostring(L, base + 1));
+        res->rc = 0;
+    } else {
+        const char *msg = nresults >= 2 ? lua_tostring(L, base + 2) : NULL;
+        fprintf(res->errout, "%s\n", msg != NULL ? msg : "aicode: command failed");
+    }
+}
+
 static int run_lua_cli(const char *cmd, int argc, char **argv, int quiet_ok, FILE *errout)
 {
     char err[4096];
+    static host_worker_t cli; /* one per process: CLI commands run one at a time */
+    if (cli.loop == NULL) {
+        cli.loop = h2o_evloop_create();
+        cli.timers = host_timers_create(cli.loop);
+        host_current_worker = &cli;
+        cli.http = host_http_create(&cli);
+    }
+    host_current_worker = &cli;
     host_gen_t *gen = host_vm_build("app.cli", "run", err, sizeof(err));
     if (gen == NULL) {
         fprintf(stderr, "aicode: cannot load scripts: %s\n", err);
         return 1;
     }
-    lua_State *L = gen->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, gen->handle_ref);
-    lua_pushstring(L, cmd);
+    cli.gen = gen;
+    cli_result_t res = {0, 1, quiet_ok, errout};
+    host_co_t *co = host_co_new_on(&cli, gen, on_cli_done, &res, 0, 0);
+    lua_rawgeti(co->L, LUA_REGISTRYINDEX, gen->handle_ref);
+    lua_pushstring(co->L, cmd);
     for (int i = 0; i < argc; ++i)
-        lua_pushstring(L, argv[i]);
-    int rc = 1;
-    if (lua_pcall(L, argc + 1, 2, 0) != LUA_OK) {
-        fprintf(stderr, "aicode: %s\n", lua_tostring(L, -1));
-    } else if (lua_isstring(L, -2)) {
-        if (!quiet_ok)
-            printf("%s\n", lua_tostring(L, -2));
-        rc = 0;
-    } else {
-        fprintf(errout, "%s\n",
-                lua_isstring(L, -1) ? lua_tostring(L, -1) : "aicode: command failed");
-    }
-    host_vm_close(gen);
-    return rc;
+        lua_pushstring(co->L, argv[i]);
+    host_co_resume(co, argc + 1);
+    while (!res.finished)
+        h2o_evloop_run(cli.loop, 100);
+    gen->retired = 1;
+    if (gen->refs == 0)
+        host_vm_close(gen);
+    cli.gen = NULL;
+    return res.rc;
 }
 
 static int cmd_serve(void)
