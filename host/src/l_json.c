@@ -46,6 +46,22 @@ struct key_ent {
     int idx;
 };
 
+/* Key-order memo, one per nesting depth: the key strings of the last object sorted at that
+ * depth, in lua_next order, and the sorted order as indices into that list. Arrays of rows
+ * (every row a table with the same keys, built the same way, so traversed in the same
+ * order) then sort their keys once. Key pointers are compared by identity, which is only
+ * meaningful within one encode: the walk allocates nothing, so no collection runs, and
+ * every memoized string belongs to a table reachable from the value being encoded. The
+ * memo is therefore cleared when an encode starts. */
+#define MEMO_DEPTHS 8
+#define MEMO_MAX_KEYS 32
+
+struct key_memo {
+    size_t n; /* 0: empty */
+    const char *keys[MEMO_MAX_KEYS];
+    unsigned char order[MEMO_MAX_KEYS];
+};
+
 /* Reused by every encode on a state: output text, and a stack of keys being sorted (nested
  * objects push their keys above their parent's). */
 struct scratch {
@@ -53,6 +69,7 @@ struct scratch {
     size_t len, cap;
     struct key_ent *keys;
     size_t nkeys, keycap;
+    struct key_memo memo[MEMO_DEPTHS];
 };
 
 struct enc {
@@ -61,6 +78,11 @@ struct enc {
     int array_mt, object_mt; /* absolute stack slots of the marker metatables */
     char *err;
     size_t errlen;
+    /* 2: an object's values stay on the stack next to its keys (no lookup per key); 1:
+     * keys only, half the stack. The encode starts with 2 and, should the stack run
+     * out, starts over with 1, so the result is always what keys-only gives. */
+    int stride;
+    int stack_short; /* the stack ran out while stride was 2 */
 };
 
 struct dec {
@@ -603,6 +625,40 @@ static void sort_keys(struct key_ent *k, size_t n)
     }
 }
 
+/* Sorts the n keys of an object at `depth` whose key i sits in stack slot
+ * top + 1 + stride * i, reusing the memo when the keys are the same strings in the same
+ * order as last time. */
+static void sort_keys_memo(struct scratch *s, struct key_ent *k, size_t n, int top, int stride,
+                           int depth)
+{
+    struct key_memo *m = depth < MEMO_DEPTHS && n <= MEMO_MAX_KEYS ? &s->memo[depth] : NULL;
+    size_t i;
+
+    if (m == NULL) {
+        sort_keys(k, n);
+        return;
+    }
+    if (m->n == n) {
+        for (i = 0; i < n && m->keys[i] == k[i].s; i++)
+            ;
+        if (i == n) {
+            struct key_ent orig[MEMO_MAX_KEYS];
+
+            memcpy(orig, k, n * sizeof(*k));
+            for (i = 0; i < n; i++)
+                k[i] = orig[m->order[i]];
+            return;
+        }
+    }
+    m->n = 0;
+    for (i = 0; i < n; i++)
+        m->keys[i] = k[i].s;
+    sort_keys(k, n);
+    for (i = 0; i < n; i++)
+        m->order[i] = (unsigned char)((k[i].idx - (top + 1)) / stride);
+    m->n = n;
+}
+
 static int enc_value(struct enc *e, int idx, int depth);
 
 /* Emits t[1..n]; a nil (possible only in a table marked as array) becomes null. */
@@ -651,11 +707,11 @@ static int enc_object(struct enc *e, int t, int top, size_t n, int depth)
     for (i = 0; i < n; i++) {
         struct key_ent *k = &s->keys[base + i];
 
-        k->idx = top + 1 + (int)i;
+        k->idx = top + 1 + e->stride * (int)i;
         k->s = lua_tolstring(L, k->idx, &k->len);
     }
     s->nkeys = base + n;
-    sort_keys(s->keys + base, n);
+    sort_keys_memo(s, s->keys + base, n, top, e->stride, depth);
 
     rc = buf_addc(e, '{');
     for (i = 0; rc == 0 && i < n; i++) {
@@ -666,6 +722,10 @@ static int enc_object(struct enc *e, int t, int top, size_t n, int depth)
             buf_addc(e, ':') < 0) {
             rc = -1;
             break;
+        }
+        if (e->stride == 2) {
+            rc = enc_value(e, k.idx + 1, depth); /* the value sits above its key */
+            continue;
         }
         if (!lua_checkstack(L, 1)) {
             rc = enc_fail(e, "table too large to encode", NULL);
@@ -692,8 +752,11 @@ static int enc_table(struct enc *e, int t, int depth)
 
     if (depth > HOST_JSON_MAX_DEPTH)
         return enc_fail(e, "nesting too deep", NULL);
-    if (!lua_checkstack(L, 4))
+    if (!lua_checkstack(L, 4)) {
+        if (e->stride == 2)
+            e->stack_short = 1;
         return enc_fail(e, "table too large to encode", NULL);
+    }
     /* Only the metatable's identity matters; its contents are never consulted. */
     if (lua_getmetatable(L, t)) {
         if (lua_rawequal(L, -1, e->array_mt))
@@ -705,29 +768,36 @@ static int enc_table(struct enc *e, int t, int depth)
     if (kind == KIND_ARRAY)
         return enc_array(e, t, (lua_Integer)lua_rawlen(L, t), depth);
 
-    /* One pass classifies the keys. String keys are kept on the stack for sorting: pushing
-     * them back later with lua_pushlstring could allocate, and so run a GC step. */
+    /* One pass classifies the keys. String keys (and, with stride 2, their values) are kept
+     * on the stack for sorting: pushing them back later with lua_pushlstring could
+     * allocate, and so run a GC step. */
     lua_pushnil(L);
     for (;;) {
         if (!lua_checkstack(L, 3)) {
             lua_settop(L, top);
+            if (e->stride == 2)
+                e->stack_short = 1;
             return enc_fail(e, "table too large to encode", NULL);
         }
         if (!lua_next(L, t))
             break;
-        lua_pop(L, 1);
         count++;
-        if (lua_type(L, -1) == LUA_TSTRING) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
             all_int = 0;
         } else {
             all_str = 0;
-            if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) {
-                if (lua_tointeger(L, -1) > maxkey)
-                    maxkey = lua_tointeger(L, -1);
+            if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1) {
+                if (lua_tointeger(L, -2) > maxkey)
+                    maxkey = lua_tointeger(L, -2);
             } else {
                 all_int = 0;
             }
         }
+        if (all_str && e->stride == 2) {
+            lua_pushvalue(L, -2); /* keep this key and its value, iterate with the copy */
+            continue;
+        }
+        lua_pop(L, 1);
         if (all_str) {
             lua_pushvalue(L, -1); /* keep this key, iterate with the copy */
             continue;
@@ -783,7 +853,7 @@ static int enc_value(struct enc *e, int idx, int depth)
 
 int host_json_push_encoded(lua_State *L, int idx, char *err, size_t errlen)
 {
-    struct enc e = {L, NULL, 0, 0, err, errlen};
+    struct enc e = {L, NULL, 0, 0, err, errlen, 2, 0};
     int top, rc;
 
     idx = lua_absindex(L, idx);
@@ -800,8 +870,20 @@ int host_json_push_encoded(lua_State *L, int idx, char *err, size_t errlen)
     e.s = get_scratch(L);
     e.s->len = 0;
     e.s->nkeys = 0;
+    for (int i = 0; i < MEMO_DEPTHS; i++)
+        e.s->memo[i].n = 0; /* key pointers from an earlier encode mean nothing now */
 
+    e.stride = 2;
     rc = enc_value(&e, idx, 0);
+    lua_settop(L, top + 2);
+    if (rc < 0 && e.stack_short) { /* start over keeping keys only */
+        e.stride = 1;
+        e.s->len = 0;
+        e.s->nkeys = 0;
+        for (int i = 0; i < MEMO_DEPTHS; i++)
+            e.s->memo[i].n = 0;
+        rc = enc_value(&e, idx, 0);
+    }
     lua_settop(L, top);
     /* lua_pushlstring copies before its GC step, so a finalizer that encodes cannot
      * clobber the text being copied. */

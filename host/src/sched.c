@@ -36,6 +36,45 @@ host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner, u
     return host_co_new_on(w, w->gen, on_done, owner, deadline_ms, 0);
 }
 
+/*
+ * Finished coroutine threads are kept for reuse, per generation: a new request then
+ * skips lua_newthread + luaL_ref (and the collector never has to free the thread).
+ * The pool is a userdata in the generation's registry, so it lives and dies with that
+ * lua_State; every pooled thread stays anchored by its registry ref, and lua_close
+ * frees them all with the generation. Only threads that lua_resetthread brought back
+ * to a clean state (LUA_OK: finished, or cancelled while suspended, with every pending
+ * to-be-closed variable closed without error) are pooled; a thread that died with an
+ * error, or whose closing raised, is released as before. Scripts cannot get hold of a
+ * request's thread object (the sandbox has no coroutine or debug library), so a reused
+ * thread is indistinguishable from a new one.
+ */
+#define CO_POOL_MAX 64
+
+typedef struct {
+    int n;
+    struct {
+        lua_State *L;
+        int ref;
+    } free[CO_POOL_MAX];
+} co_pool_t;
+
+static const char co_pool_key; /* its address is the registry key of the pool */
+
+static co_pool_t *co_pool(lua_State *G)
+{
+    co_pool_t *pool;
+    if (lua_rawgetp(G, LUA_REGISTRYINDEX, &co_pool_key) == LUA_TUSERDATA) {
+        pool = lua_touserdata(G, -1);
+        lua_pop(G, 1);
+        return pool;
+    }
+    lua_pop(G, 1);
+    pool = lua_newuserdatauv(G, sizeof(*pool), 0);
+    pool->n = 0;
+    lua_rawsetp(G, LUA_REGISTRYINDEX, &co_pool_key);
+    return pool;
+}
+
 host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_done, void *owner,
                           uint64_t deadline_ms, int background)
 {
@@ -48,9 +87,17 @@ host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_
     co->on_done = on_done;
     co->owner = owner;
     co->deadline_ms = deadline_ms;
-    co->L = lua_newthread(gen->L);                 /* thread */
-    co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX); /* - */
+    co_pool_t *pool = co_pool(gen->L);
+    if (pool->n > 0) {
+        --pool->n;
+        co->L = pool->free[pool->n].L;
+        co->ref = pool->free[pool->n].ref;
+    } else {
+        co->L = lua_newthread(gen->L);                 /* thread */
+        co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX); /* - */
+    }
     *(host_co_t **)lua_getextraspace(co->L) = co;
+    /* Also resets the instruction count (and undoes a past-deadline count of 1). */
     lua_sethook(co->L, on_count_hook, LUA_MASKCOUNT, DEADLINE_CHECK_INSTRUCTIONS);
     ++gen->refs;
     if (!background)
@@ -64,8 +111,17 @@ static void co_free(host_co_t *co)
     host_worker_t *w = co->worker;
     int background = co->background;
     *(host_co_t **)lua_getextraspace(co->L) = NULL;
-    lua_resetthread(co->L); /* runs pending to-be-closed variables */
-    luaL_unref(gen->L, LUA_REGISTRYINDEX, co->ref);
+    /* Runs pending to-be-closed variables; LUA_OK only when the thread ended cleanly. */
+    int status = lua_resetthread(co->L);
+    co_pool_t *pool = co_pool(gen->L);
+    if (status == LUA_OK && !gen->retired && pool->n < CO_POOL_MAX) {
+        lua_settop(co->L, 0);
+        pool->free[pool->n].L = co->L;
+        pool->free[pool->n].ref = co->ref;
+        ++pool->n;
+    } else {
+        luaL_unref(gen->L, LUA_REGISTRYINDEX, co->ref);
+    }
     free(co);
     if (!background)
         --w->inflight;

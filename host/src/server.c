@@ -399,10 +399,25 @@ static void on_request_dispose(void *p)
     }
 }
 
+/* Dotted-quad text of an IPv4 address, as inet_ntop writes it ("%u.%u.%u.%u"). */
+static void format_ipv4(char *out, const struct in_addr *a)
+{
+    const unsigned char *b = (const unsigned char *)&a->s_addr; /* network byte order */
+    for (int i = 0; i < 4; ++i) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *out++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *out++ = (char)('0' + v / 10 % 10);
+        *out++ = (char)('0' + v % 10);
+        *out++ = i < 3 ? '.' : '\0';
+    }
+}
+
 /*
  * Pushes the peer's numeric address, as getnameinfo(NI_NUMERICHOST) writes it, or
- * "unknown". inet_ntop gives the same text for IPv4 and unscoped IPv6 (v4-mapped
- * included: "::ffff:127.0.0.1") without getnameinfo's overhead; scoped IPv6 addresses
+ * "unknown". format_ipv4 and inet_ntop give the same text for IPv4 and unscoped IPv6
+ * (v4-mapped included: "::ffff:127.0.0.1") without getnameinfo's overhead; scoped IPv6 addresses
  * (getnameinfo appends "%<interface>") and other families still go through getnameinfo.
  */
 static void push_remote_addr(lua_State *L, h2o_req_t *req)
@@ -413,8 +428,7 @@ static void push_remote_addr(lua_State *L, h2o_req_t *req)
     if (sslen > 0) {
         const struct sockaddr_in6 *sin6 = (const void *)&ss;
         if (ss.ss_family == AF_INET && sslen >= (socklen_t)sizeof(struct sockaddr_in))
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)&ss)->sin_addr, addr,
-                      sizeof(addr));
+            format_ipv4(addr, &((const struct sockaddr_in *)(const void *)&ss)->sin_addr);
         else if (ss.ss_family == AF_INET6 && sslen >= (socklen_t)sizeof(*sin6) &&
                  sin6->sin6_scope_id == 0)
             inet_ntop(AF_INET6, &sin6->sin6_addr, addr, sizeof(addr));

@@ -57,9 +57,16 @@ local function read()
             problems[#problems + 1] = "SUPABASE_URL must be https://<project>.supabase.co (plain http only on loopback)"
         end
     end
-    s.store = env("AICODE_STORE", "sqlite")
-    if s.store ~= "sqlite" then
-        problems[#problems + 1] = "AICODE_STORE must be 'sqlite' (the Supabase store is not available yet)"
+    -- The store: Supabase (PostgREST at SUPABASE_URL/rest/v1 with the service-role key)
+    -- when both are set, else the embedded SQLite; AICODE_STORE overrides the choice.
+    s.supabase_service_key = host.has_env("SUPABASE_SERVICE_ROLE_KEY")
+    s.store = env("AICODE_STORE", (s.supabase_url and s.supabase_service_key) and "supabase" or "sqlite")
+    if s.store ~= "sqlite" and s.store ~= "supabase" then
+        problems[#problems + 1] = "AICODE_STORE must be 'sqlite' or 'supabase' (got " .. string.format("%q",
+            s.store:sub(1, 40)) .. ")"
+        s.store = "sqlite"
+    elseif s.store == "supabase" and not (s.supabase_url and s.supabase_service_key) then
+        problems[#problems + 1] = "AICODE_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
     end
     s.access_ttl = 60 * int_setting("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 1440, problems)
     s.environment = env("ENVIRONMENT", "development")
@@ -82,6 +89,7 @@ local function read()
     s.e2b_domain = env("E2B_DOMAIN", "e2b.app")
     s.e2b_sandbox_url = env("E2B_SANDBOX_URL") and (env("E2B_SANDBOX_URL"):gsub("/+$", ""))
     s.e2b_template = env("E2B_TEMPLATE", "base")
+    s.e2b_reap_interval = int_setting("E2B_REAP_INTERVAL_S", 60, 1, 86400, problems)
     -- The CLI versions pinned in tools/agents/package.json (a spec checks they match).
     s.agent_versions = { ["@anthropic-ai/claude-code"] = "2.1.197", ["@openai/codex"] = "0.171.0" }
     s.sandbox_network = env("SANDBOX_NETWORK", "on")
@@ -141,8 +149,27 @@ function _M.get()
     return settings
 end
 
+-- Checks that need I/O (the Supabase store's schema version): registered by the module
+-- that owns the resource, run by problems() when it is called from a coroutine that
+-- may yield (the CLI's check-config and serve's validate-config). A check returns a
+-- problem string, or nil when it finds none or cannot tell (an unreachable database
+-- is not a configuration problem: /health reports it).
+local checks = {}
+
+function _M.add_check(fn)
+    checks[#checks + 1] = fn
+end
+
+-- The problems found at load, then those of the registered checks (a fresh list).
 function _M.problems()
-    return problems
+    local list = {}
+    for i, p in ipairs(problems) do list[i] = p end
+    for _, check in ipairs(checks) do
+        -- pcall: outside a request or the CLI the check cannot yield, and says nothing.
+        local ok, problem = pcall(check)
+        if ok and type(problem) == "string" then list[#list + 1] = problem end
+    end
+    return list
 end
 
 function _M.supabase_auth_enabled()

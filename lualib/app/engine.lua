@@ -32,7 +32,6 @@ end
 
 -- E2B sandboxes tagged by aicode whose task is not running (a crash, a lost
 -- kill): killed at start and periodically.
-local REAP_EVERY_S = 60
 local function reap()
     if config.get().sandbox_provider ~= "e2b" then return end
     local killed, err = require("app.sandbox.e2b").reap(function(id) return (store:task_status(id)) end)
@@ -157,7 +156,7 @@ local function loop()
     log("info", "engine started", { owner = OWNER })
     while host.is_current_generation() do
         local now = host.monotonic_ms() / 1000
-        if now - last_reap >= REAP_EVERY_S then
+        if now - last_reap >= s.e2b_reap_interval then
             last_reap = now
             host.spawn(reap)
         end

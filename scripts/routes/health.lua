@@ -28,12 +28,13 @@ local function sandbox_providers()
 end
 
 function _M.health()
-    local ok, err = store:ping()
+    -- ping -> true | nil, err (for the log) [, a message safe to show, e.g. a schema mismatch]
+    local ok, err, public = store:ping()
     local body = {
         status = ok and "ok" or "unavailable",
         version = host.info.version,
         uptime_seconds = math.floor(host.now() - host.info.started_at),
-        store = { backend = "sqlite", reachable = ok == true },
+        store = { backend = config.get().store, reachable = ok == true, problem = not ok and public or nil },
         sandbox_providers = sandbox_providers(),
         agents = agents.status(),
     }

@@ -593,6 +593,15 @@ class AgentFlow:
         self.assertEqual(r.status, 409, r)
 
 
+    def test_server_still_running(self):
+        # Runs late (alphabetical order): the host survived every run of this class.
+        proc = self.stack.srv.proc
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace")[-2000:]
+            log = "\n".join(self.stack.srv.log_text().splitlines()[-20:])
+            self.fail("bin/aicode exited with %s\nstderr: %s\nlog tail:\n%s" % (proc.returncode, err, log))
+
+
 class ClaudeAgentTests(AgentFlow, unittest.TestCase):
     AGENT = "claude"
     CLI = "claude"
@@ -686,6 +695,65 @@ class HungModelTimeoutTests(unittest.TestCase):
             time.sleep(0.2)
         self.assertEqual(established_to(pid, ports), [],
                          "aicode still holds connections to the model API after the runs timed out")
+
+
+# -- the host under many concurrent runs ----------------------------------------------------------------
+
+class HostSurvivesConcurrentRunsTests(unittest.TestCase):
+    """Found while benchmarking (bench/tasks.py): with MAX_CONCURRENT_TASKS=8, a burst of short
+    tasks crashes bin/aicode (SIGSEGV or "double free or corruption" in host/src/l_process.c,
+    on_pidfd_readable -> proc_maybe_free). The agent runs above hit the same code path, so this
+    regression check uses the `shell` agent, which needs no model, to make it quick."""
+
+    def test_burst_of_tasks_with_eight_concurrent_runs(self):
+        repos = GitRepos()
+        srv = None
+        try:
+            repos.make("octo/burst", {"README.md": "burst\n"})
+            srv = task_server(repos, env={"MAX_CONCURRENT_TASKS": "8", "RATE_LIMIT_PER_MINUTE": "0",
+                                          "RATE_LIMIT_IP_PER_MINUTE": "0"})
+            users = 5  # MAX_TASKS_PER_USER=2 (default): up to 10 runnable, 8 run at once
+            tokens = [srv.token(new_user()) for _ in range(users)]
+            ids, errors = [], []
+
+            def submit(i):
+                try:
+                    r = srv.request("POST", "/api/start-task", token=tokens[i % users], body={
+                        "prompt": "echo run %d > out.txt\n" % i, "repo_url": repos.url("octo/burst"),
+                        "model": "shell"})
+                    ids.append(r.json["task_id"]) if r.status == 200 else errors.append(r)
+                except Exception as e:
+                    errors.append(e)
+            threads = [threading.Thread(target=submit, args=(i,)) for i in range(50)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            self.assertEqual(errors, [])
+            deadline = time.time() + 120
+            statuses = {}
+            while time.time() < deadline and srv.proc.poll() is None:
+                time.sleep(0.5)
+                try:
+                    for tok in tokens:
+                        r = srv.request("GET", "/api/tasks?limit=500", token=tok)
+                        statuses.update({int(k): v["status"] for k, v in r.json["tasks"].items()})
+                except OSError:
+                    continue
+                if sum(1 for v in statuses.values() if v in ("completed", "failed", "cancelled")) == 50:
+                    break
+            time.sleep(0.3)
+            if srv.proc.poll() is not None:
+                err = srv.proc.stderr.read().decode(errors="replace").strip()
+                done = sum(1 for v in statuses.values() if v in ("completed", "failed", "cancelled"))
+                self.fail("bin/aicode died (exit %s) after %d of 50 tasks: %s" % (
+                    srv.proc.returncode, done, err[-300:]))
+            self.assertEqual(sorted(statuses), sorted(ids))
+            self.assertEqual(sorted(statuses.values()), ["completed"] * 50)
+        finally:
+            if srv is not None:
+                srv.close()
+            repos.close()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import os
-import sqlite3
 import subprocess
 import time
 import unittest
@@ -20,7 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from fakes.supabase_auth import FakeSupabaseAuth, new_ec_key, public_jwk
-from harness import BIN, ROOT, Server, free_port, new_user
+from harness import BIN, ROOT, Server, free_port, new_user, sqlite_only
 
 SUPABASE_SECRET = "supabase-test-secret-0123456789-abcdefghij"  # 42 bytes
 
@@ -69,13 +68,8 @@ def supabase_claims(sub, exp_delta=600, **extra):
 
 
 def db_user(srv, user_id):
-    con = sqlite3.connect(os.path.join(srv.data_dir, "aicode.db"), timeout=5)
-    try:
-        con.row_factory = sqlite3.Row
-        row = con.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
-        return dict(row) if row else None
-    finally:
-        con.close()
+    rows = srv.sql("SELECT * FROM users WHERE CAST(id AS TEXT) = ?", (user_id,))
+    return rows[0] if rows else None
 
 
 class ApiAssertions(unittest.TestCase):
@@ -138,6 +132,9 @@ class CliAndOwnTokenTests(ApiAssertions):
     def test_cli_token_output_shape_and_user_row(self):
         user = new_user()
         self.assertIsNone(db_user(self.srv, user))
+        # With Supabase, users come from Supabase Auth (its trigger makes the row): the
+        # CLI then finds the row instead of creating it.
+        self.srv.sign_up(user)
         r = self.srv.cli("token", "--user", user)
         self.assertEqual(r.returncode, 0, r.stderr)
         body = json.loads(r.stdout)
@@ -150,11 +147,7 @@ class CliAndOwnTokenTests(ApiAssertions):
         r2 = self.srv.cli("token", "--user=" + user)
         self.assertEqual(r2.returncode, 0, r2.stderr)
         self.assertTokenPair(json.loads(r2.stdout), user)
-        con = sqlite3.connect(os.path.join(self.srv.data_dir, "aicode.db"), timeout=5)
-        try:
-            n = con.execute("SELECT count(*) FROM users WHERE id = ?", (user,)).fetchone()[0]
-        finally:
-            con.close()
+        n = self.srv.sql("SELECT count(*) AS n FROM users WHERE id = ?", (user,))[0]["n"]
         self.assertEqual(n, 1)
 
     def test_cli_token_is_accepted_by_the_server(self):
@@ -194,6 +187,8 @@ class CliAndOwnTokenTests(ApiAssertions):
         self.assertNotIn("AUTH_TRUST_CLIENT_USER_ID", self.srv.log_text())
 
     # POST /api/auth/token without Supabase ---------------------------------------
+    # (The Supabase store needs SUPABASE_URL, which enables Supabase auth.)
+    @sqlite_only
     def test_http_token_issuance_refused_without_supabase(self):
         user = new_user()
         r = self.srv.request("POST", "/api/auth/token", body={"user_id": user})
@@ -419,6 +414,8 @@ class SupabaseHs256Tests(ApiAssertions):
     def test_exchange_success_creates_user(self):
         user = new_user()
         self.assertIsNone(db_user(self.srv, user))
+        # SQLite: the first exchange creates the row. Supabase: Supabase Auth's sign-up did.
+        self.srv.sign_up(user, "alice@example.com")
         r = self.exchange(user, self.sb(supabase_claims(user, email="alice@example.com")))
         self.assertEqual(r.status, 200, r)
         self.assertTokenPair(r.json, user)
@@ -664,6 +661,7 @@ class TrustClientUserIdTests(ApiAssertions):
 
     def test_token_with_just_user_id(self):
         user = new_user()
+        self.srv.sign_up(user)
         r = self.srv.request("POST", "/api/auth/token", body={"user_id": user})
         self.assertEqual(r.status, 200, r)
         self.assertTokenPair(r.json, user)

@@ -8,7 +8,6 @@ import os
 import re
 import select
 import socket
-import sqlite3
 import subprocess
 import time
 import unittest
@@ -415,13 +414,13 @@ class ErrorEnvelopeTests(ErrorAssertions):
         self.assertGreaterEqual(h["uptime_seconds"], 0)
         self.assertLess(h["uptime_seconds"], 3600)
         self.assertIs(h["store"]["reachable"], True)
+        self.assertEqual(h["store"]["backend"], self.srv.store)
         self.assertIn("sandbox_providers", h)
         self.assertIn("agents", h)
 
     def test_health_503_when_database_locked(self):
-        db = sqlite3.connect(os.path.join(self.srv.data_dir, "aicode.db"), timeout=5, isolation_level=None)
-        try:
-            db.execute("BEGIN EXCLUSIVE")
+        # SQLite: another connection holds the write lock; Supabase: the database is down.
+        with self.srv.store_outage():
             t0 = time.time()
             r = self.srv.request("GET", "/health", timeout=10)
             elapsed = time.time() - t0
@@ -433,9 +432,6 @@ class ErrorEnvelopeTests(ErrorAssertions):
             self.assertNotIn("locked", r.body.lower().replace("reachable", ""))  # no driver text
             # /ping does not touch the store.
             self.assertEqual(self.srv.request("GET", "/ping").status, 200)
-        finally:
-            db.execute("ROLLBACK")
-            db.close()
         r = self.srv.request("GET", "/health")
         self.assertEqual(r.status, 200, r)
         self.assertIs(r.json["store"]["reachable"], True)
@@ -535,11 +531,7 @@ class RateLimitTests(ErrorAssertions):
         # A fresh token for the same user does not reset the user's budget.
         self.assert429(self.srv.request("GET", "/api/projects", token=self.srv.token(a)))
         # The refused POST did nothing.
-        db = sqlite3.connect(os.path.join(self.srv.data_dir, "aicode.db"), timeout=5)
-        try:
-            n = db.execute("SELECT count(*) FROM projects WHERE user_id = ?", (a,)).fetchone()[0]
-        finally:
-            db.close()
+        n = self.srv.sql("SELECT count(*) AS n FROM projects WHERE user_id = ?", (a,))[0]["n"]
         self.assertEqual(n, 0)
 
     def test_per_ip_limit_on_unauthenticated_routes(self):

@@ -1,13 +1,12 @@
 """E2E: the projects API (seed-contract §1.4; issue #2): CRUD with exact field names and
 JSON types, ordering, GitHub URL rules, no mass assignment, 409 on duplicates, the
-project's tasks (rows inserted with the sqlite3 CLI), id parsing, the unprefixed
+project's tasks (rows inserted with SQL on the active store), id parsing, the unprefixed
 routes and ownership (another user's project is a 404 everywhere).
 """
 import datetime
 import json
 import os
 import re
-import subprocess
 import time
 import unittest
 
@@ -39,7 +38,6 @@ class ProjectsTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.srv = Server()
-        cls.db_path = os.path.join(cls.srv.data_dir, "aicode.db")
 
     @classmethod
     def tearDownClass(cls):
@@ -91,11 +89,9 @@ class ProjectsTests(unittest.TestCase):
             delta = abs((datetime.datetime.now(datetime.timezone.utc) - ts).total_seconds())
             self.assertLess(delta, 3600, "%s is not current UTC: %s" % (k, p[k]))
 
-    def sqlite(self, sql):
-        r = subprocess.run(["sqlite3", "-cmd", ".timeout 5000", self.db_path, sql], capture_output=True,
-                           text=True, timeout=30)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return r.stdout
+    def sql(self, sql):
+        """SQL on the active store (SQLite file, or the Supabase test database)."""
+        return self.srv.sql(sql)
 
     # -- create / read ----------------------------------------------------------
     def test_create_exact_fields_and_types(self):
@@ -177,7 +173,7 @@ class ProjectsTests(unittest.TestCase):
     def test_project_task_counts(self):
         uid, tok = self.user()
         p = self.create(tok)
-        self.sqlite("INSERT INTO tasks (user_id, project_id, status) VALUES "
+        self.sql("INSERT INTO tasks (user_id, project_id, status) VALUES "
                     "('%s', %d, 'completed'), ('%s', %d, 'pending'), ('%s', %d, 'running'), ('%s', %d, 'failed')"
                     % (uid, p["id"], uid, p["id"], uid, p["id"], uid, p["id"]))
         g = self.get(tok, p["id"]).json["project"]
@@ -341,7 +337,7 @@ class ProjectsTests(unittest.TestCase):
     def test_delete(self):
         uid, tok = self.user()
         keep, p = self.create(tok), self.create(tok)
-        self.sqlite("INSERT INTO tasks (user_id, project_id) VALUES ('%s', %d)" % (uid, p["id"]))
+        self.sql("INSERT INTO tasks (user_id, project_id) VALUES ('%s', %d)" % (uid, p["id"]))
         r = self.req("DELETE", "/api/projects/%d" % p["id"], tok)
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json, {"status": "success", "message": "Project deleted successfully"})
@@ -352,7 +348,7 @@ class ProjectsTests(unittest.TestCase):
                              "Project not found")
         self.assertEqual([x["id"] for x in self.req("GET", "/api/projects", tok).json["projects"]], [keep["id"]])
         # Its tasks went with it (FK cascade).
-        self.assertEqual(self.sqlite("SELECT count(*) FROM tasks WHERE project_id = %d" % p["id"]).strip(), "0")
+        self.assertEqual(self.sql("SELECT count(*) AS n FROM tasks WHERE project_id = %d" % p["id"])[0]["n"], 0)
         # The repo_url can be reused after the delete.
         self.assertEqual(self.req("POST", "/api/projects", tok,
                                   body={"name": "again", "repo_url": p["repo_url"]}).status, 200)
@@ -378,7 +374,7 @@ class ProjectsTests(unittest.TestCase):
         def q(s):
             return "'" + s.replace("'", "''") + "'"
 
-        self.sqlite(
+        self.sql(
             "INSERT INTO tasks (user_id, project_id, status, agent, repo_url, target_branch, commit_hash, "
             "pr_number, pr_url, git_diff, changed_files, chat_messages, execution_metadata, created_at) VALUES "
             "(%s, %d, 'completed', 'codex', %s, 'dev', 'abc123', 17, 'https://github.com/o/r/pull/17', "
@@ -483,7 +479,7 @@ class ProjectsTests(unittest.TestCase):
         uid_a, tok_a = self.user()
         uid_b, tok_b = self.user()
         p = self.create(tok_a, settings={"secret": "of A"})
-        self.sqlite("INSERT INTO tasks (user_id, project_id) VALUES ('%s', %d)" % (uid_a, p["id"]))
+        self.sql("INSERT INTO tasks (user_id, project_id) VALUES ('%s', %d)" % (uid_a, p["id"]))
         before = self.get(tok_a, p["id"]).json["project"]
         path = "/api/projects/%d" % p["id"]
         self.assertJsonError(self.req("GET", path, tok_b), 404, "Project not found")

@@ -384,8 +384,8 @@ class TaskApiTests(unittest.TestCase):
         r3 = self.srv.request("POST", "/api/start-task", token=tb, body=body, headers={"Idempotency-Key": key})
         self.assertEqual(r3.status, 200, r3)
         self.assertNotEqual(r3.json["task_id"], r1.json["task_id"])
-        rows = db_query(self.srv, "SELECT user_id, count(*) AS n FROM tasks WHERE user_id IN ('%s', '%s') "
-                                  "GROUP BY user_id" % (a, b))
+        rows = db_query(self.srv, "SELECT user_id, count(*) AS n FROM tasks WHERE user_id IN (?, ?) "
+                                  "GROUP BY user_id", (a, b))
         self.assertEqual({row["user_id"]: row["n"] for row in rows}, {a: 1, b: 1})
         # Without a key, the same body makes a new task.
         r4 = self.srv.request("POST", "/api/start-task", token=ta, body=body)
@@ -417,7 +417,7 @@ class TaskApiTests(unittest.TestCase):
             th.join()
         self.assertEqual([s for s, _ in results], [200] * 10, results)
         self.assertEqual(len({tid for _, tid in results}), 1, results)
-        rows = db_query(self.srv, "SELECT count(*) AS n FROM tasks WHERE user_id = '%s'" % uid)
+        rows = db_query(self.srv, "SELECT count(*) AS n FROM tasks WHERE user_id = ?", (uid,))
         self.assertEqual(rows[0]["n"], 1)
         self.assertEqual(wait_task(self.srv, tok, results[0][1])["status"], "completed")
 

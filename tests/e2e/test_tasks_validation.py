@@ -199,7 +199,7 @@ class ValidationTests(unittest.TestCase):
         # The default branch is main, the default model is claude.
         r = self.start({"prompt": "echo hi", "repo_url": GOOD_URL})
         self.assertEqual(r.status, 200, r)
-        row = db_query(self.srv, "SELECT target_branch, agent FROM tasks WHERE id = %d" % r.json["task_id"])[0]
+        row = db_query(self.srv, "SELECT target_branch, agent FROM tasks WHERE id = ?", (r.json["task_id"],))[0]
         self.assertEqual(row, {"target_branch": "main", "agent": "claude"})
         self.srv.request("POST", "/api/tasks/%d/cancel" % r.json["task_id"], token=self.tok, body={})
 

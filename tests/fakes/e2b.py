@@ -48,13 +48,13 @@ import posixpath
 import queue
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
 import string
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -112,7 +112,7 @@ USERS = {"user": (1000, "/home/user"), "root": (0, "/root")}
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ETC_FILES = ["alternatives", "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf",
              "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "localtime", "timezone",
-             "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "bash.bashrc", "profile", "profile.d", "mime.types",
+             "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "bash.bashrc", "profile", "mime.types",
              "gitconfig", "inputrc", "skel"]
 REDACT_HEADERS = ("x-api-key", "x-access-token", "e2b-traffic-access-token", "x-supabase-token", "x-admin-token")
 PROXY_PAGES = {
@@ -226,8 +226,36 @@ class Subscriber:
             pass
 
 
+# pid 1 of every command's namespace (run by the host's /usr/bin/python3, read-only in the sandbox):
+# forks the command, reports its raw wait status on the status fd the moment it exits, then keeps
+# reaping until every process it left behind (a `>(tee ...)`, a `cmd &`) is gone, so those live
+# on as in a real sandbox. A missing command is exit 127 with a message, as under envd's sh wrapper.
+INIT = r"""
+import os, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execv("/bin/sh", ["sh", "-c", 'exec "$@"', "sh"] + sys.argv[2:])
+for i in (0, 1, 2):
+    os.close(i)
+while True:
+    try:
+        p, st = os.wait()
+    except ChildProcessError:
+        break
+    except InterruptedError:
+        continue
+    if p == pid:
+        os.write(fd, b"%d\n" % st)
+        os.close(fd)
+"""
+
+
 class Proc:
-    def __init__(self, sandbox, popen, config, tag, deadline, first_sub=None):
+    """One Start: the command, its output fan-out, its end event."""
+
+    def __init__(self, sandbox, popen, status_fd, config, tag, deadline, first_sub=None):
         self.sandbox = sandbox
         self.popen = popen
         self.pid = popen.pid
@@ -237,19 +265,20 @@ class Proc:
         self.lock = threading.Lock()
         self.end = None             # the end event once exited
         self.ended = threading.Event()
+        self.cmd_exited = threading.Event()
         self.exited_at = None
         self.out_cancelled = False  # envd stops forwarding output after SIGTERM/SIGKILL
-        self.signalled = None       # the signal this double delivered (to tell signals from exit codes)
         self.deadline = deadline    # Connect-Timeout-Ms of Start: the process lifetime
-        self.timed_out = False
         self.stdin = popen.stdin
         self.stdin_lock = threading.Lock()
+        self.cmd_pid = None         # host pid of the command (pid 2 of the namespace)
+        self.wake_r, self.wake_w = os.pipe()
         self.readers = []
         for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr)):
             t = threading.Thread(target=self._read, args=(name, pipe), daemon=True)
             t.start()
             self.readers.append(t)
-        threading.Thread(target=self._wait, daemon=True).start()
+        threading.Thread(target=self._wait, args=(status_fd,), daemon=True).start()
         if deadline:
             threading.Thread(target=self._deadline, daemon=True).start()
 
@@ -278,87 +307,112 @@ class Proc:
             s.put(ev)
 
     def _read(self, name, pipe):
+        """Raw pipe reads of up to 32 KiB, as envd. When the command exits envd closes its pipes:
+        here what is already buffered is forwarded, then the read end is closed (whatever the
+        command left behind gets EPIPE from then on)."""
         fd = pipe.fileno()
+        after_exit = 0
         while True:
+            done = self.cmd_exited.is_set()
             try:
-                data = os.read(fd, 32 * 1024)  # envd: raw pipe reads of up to 32 KiB
+                ready, _, _ = select.select([fd] if done else [fd, self.wake_r], [], [], 0 if done else None)
+            except (OSError, ValueError):
+                break
+            if fd not in ready:
+                if done:
+                    break
+                continue
+            try:
+                data = os.read(fd, 32 * 1024)
             except OSError:
                 break
             if not data:
                 break
             if not self.out_cancelled:
                 self._publish(("data", {name: base64.b64encode(data).decode()}))
+            if done:
+                after_exit += 1
+                if after_exit >= 8:
+                    break
         pipe.close()
 
-    def _wait(self):
-        rc = self.popen.wait()
+    def _wait(self, status_fd):
+        raw = b""
+        while True:
+            try:
+                chunk = os.read(status_fd, 64)
+            except OSError:
+                break
+            if not chunk:
+                break
+            raw += chunk
+        os.close(status_fd)
+        if raw.strip():
+            st = int(raw.strip())
+            sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else None
+            rc = os.WEXITSTATUS(st) if os.WIFEXITED(st) else 0
+        else:
+            # No status: bwrap failed to start, or the namespace was killed (sandbox gone).
+            rc = self.popen.wait()
+            sig, rc = (-rc, 0) if rc < 0 else (None, rc)
+        self.cmd_exited.set()
+        os.write(self.wake_w, b"x")
         for t in self.readers:
             t.join(5)
-        sig = None
-        if rc < 0:
-            sig = -rc
-        elif rc > 128 and self.signalled:
-            sig = rc - 128  # bwrap reports a signalled child as 128+n
+        os.close(self.wake_r)
+        os.close(self.wake_w)
         if sig:
             text = "signal: " + GO_SIGNAL_TEXT.get(sig, "signal %d" % sig)
             end = {"exitCode": -1, "status": text, "error": text}
+        elif rc:  # protojson: fields in proto order, zero values left out
+            end = {"exitCode": rc, "exited": True, "status": "exit status %d" % rc, "error": "exit status %d" % rc}
         else:
-            end = {"exited": True, "status": "exit status %d" % rc}
-            if rc:
-                end["exitCode"] = rc
-                end["error"] = end["status"]
+            end = {"exited": True, "status": "exit status 0"}
         with self.lock:
             self.end = end
             self.exited_at = time.time()
             subs = list(self.subs)
             self.subs.clear()
         self.ended.set()
+        # Off the running list before anyone sees the end event (List right after must not show it).
+        self.sandbox.process_exited(self)
         for s in subs:
             s.put(("end", end))
-        if self.stdin:
-            try:
-                self.stdin.close()
-            except OSError:
-                pass
-        self.sandbox.process_exited(self)
+        self.close_stdin()
 
     def _deadline(self):
-        if not self.ended.wait(max(0.0, self.deadline - time.time())):
-            self.timed_out = True
+        if not self.cmd_exited.wait(max(0.0, self.deadline - time.time())):
             self.signal(9)
 
     def _inner_pid(self):
-        """Host pid of the command: bwrap (this pid) -> bwrap init -> the command."""
-        for _ in range(50):
+        """Host pid of the command: bwrap (self.pid) -> init (pid 1 inside) -> the command (pid 2)."""
+        if self.cmd_pid:
+            return self.cmd_pid
+        for _ in range(100):
             for init in _children(self.pid):
-                kids = _children(init)
-                if kids:
-                    return kids[0]
-            if self.ended.is_set():
+                for kid in _children(init):
+                    try:
+                        with open("/proc/%d/status" % kid) as f:
+                            nspid = [ln.split()[1:] for ln in f if ln.startswith("NSpid:")]
+                    except OSError:
+                        continue
+                    if nspid and nspid[0][-1] == "2":
+                        self.cmd_pid = kid
+                        return kid
+            if self.cmd_exited.is_set():
                 return None
             time.sleep(0.01)
         return None
 
     def signal(self, signum):
-        self.signalled = signum
         if signum in (9, 15):
             self.out_cancelled = True
         target = self._inner_pid()
-        try:
-            if target:
+        if target and not self.cmd_exited.is_set():
+            try:
                 os.kill(target, signum)
-            else:
-                os.kill(self.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def kill_all(self):
-        """The sandbox is going away: SIGKILL bwrap, the namespace dies with it."""
-        self.signalled = 9
-        try:
-            self.popen.kill()
-        except OSError:
-            pass
+            except ProcessLookupError:
+                pass
 
     def write_stdin(self, data):
         with self.stdin_lock:
@@ -370,7 +424,10 @@ class Proc:
     def close_stdin(self):
         with self.stdin_lock:
             if self.stdin is not None and not self.stdin.closed:
-                self.stdin.close()
+                try:
+                    self.stdin.close()
+                except OSError:
+                    pass
 
     def describe(self):
         d = {"config": self.config, "pid": self.pid}
@@ -402,6 +459,7 @@ class Sandbox:
         self.procs = {}      # pid -> Proc (running)
         self.exited = {}     # pid -> Proc (exited, kept exit_retention_s)
         self.streams = set()  # sockets of open envd streams (cut when the sandbox dies)
+        self.spawned = set()  # Popen of every bwrap still running
         self.lock = threading.Lock()
         self.killed = None
         for sub, mode in (("", 0o711), ("home", 0o750), ("tmp", 0o1777), ("root", 0o700)):
@@ -430,7 +488,7 @@ class Sandbox:
         srv = self.server
         argv = ["setpriv", "--reuid=%d" % HOST_UID, "--regid=%d" % HOST_UID, "--clear-groups", "--",
                 "bwrap", "--unshare-user", "--uid", str(uid), "--gid", str(uid),
-                "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--hostname", "e2b", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 "--ro-bind", "/usr", "/usr",
                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
@@ -463,24 +521,48 @@ class Sandbox:
         cwd = config.get("cwd") or None
         env = self.base_env(user)
         env.update(config.get("envs") or {})
-        # Like envd's /bin/sh wrapper: a missing command is exit 127 with a message on stderr.
-        argv = self.bwrap_argv(user, cwd) + ["/bin/sh", "-c", 'exec "$@"', "sh", config["cmd"]] + \
-            list(config.get("args") or [])
+        # pid 1 is INIT (above): the command is its child, so signals from outside reach it (a pid 1
+        # without handlers would ignore SIGTERM), its exact wait status comes back on a pipe, and
+        # what it leaves running outlives it. --as-pid-1: bwrap reaps pid 1 itself (bwrap's own
+        # init would end up an orphaned zombie under a host pid 1 that does not reap).
+        status_r, status_w = os.pipe()
+        argv = self.bwrap_argv(user, cwd) + ["/usr/bin/python3", "-S", "-E", "-c", INIT, str(status_w),
+                                             config["cmd"]] + list(config.get("args") or [])
         with self.lock:
             if self.killed:
+                os.close(status_r)
+                os.close(status_w)
                 raise SandboxGone()
-            popen = self.server.spawner.popen(
-                argv, env=env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            proc = Proc(self, popen, config, tag, deadline, sub)
+            try:
+                popen = self.server.spawner.popen(
+                    argv, env=env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=[status_w])
+            finally:
+                os.close(status_w)
+            self.track(popen)
+            proc = Proc(self, popen, status_r, config, tag, deadline, sub)
             self.procs[proc.pid] = proc
         return proc
+
+    def track(self, popen):
+        """Every bwrap of this sandbox until it exits (its namespace may outlive the command)."""
+        self.spawned.add(popen)
+
+        def reap():
+            popen.wait()
+            with self.lock:
+                self.spawned.discard(popen)
+        threading.Thread(target=reap, daemon=True).start()
 
     def run(self, user, args, input=b"", timeout=60):
         """Runs a short helper (the files API) inside the sandbox: (rc, stdout, stderr)."""
         argv = self.bwrap_argv(user, None) + ["/bin/sh", "-c"] + args
-        p = self.server.spawner.popen(argv, env=self.base_env(user), stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with self.lock:
+            if self.killed:
+                raise SandboxGone()
+            p = self.server.spawner.popen(argv, env=self.base_env(user), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.track(p)
         try:
             out, err = p.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -519,6 +601,7 @@ class Sandbox:
                 return
             self.killed = reason
             procs = list(self.procs.values())
+            spawned = list(self.spawned)
             streams = list(self.streams)
             self.exited.clear()
         # The VM is gone: open streams are cut without an end-of-stream frame.
@@ -532,12 +615,21 @@ class Sandbox:
                 subs = list(p.subs)
             for s in subs:
                 s.abort()
-            p.kill_all()
-        for p in procs:
+        # SIGKILL each namespace's pid 1: every process in it dies, and bwrap reaps it.
+        for popen in spawned:
+            inits = _children(popen.pid)
             try:
-                p.popen.wait(10)
-            except subprocess.TimeoutExpired:
+                for init in inits:
+                    os.kill(init, signal.SIGKILL)
+                if not inits:
+                    popen.kill()
+            except OSError:
                 pass
+        for popen in spawned:
+            try:
+                popen.wait(10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def listed(self):
@@ -959,7 +1051,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         raise ConnectError("unimplemented", "%s is not implemented" % rpc)
 
     def _stream_rpc(self, sb, rpc):
-        srv = self.server
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/connect+json":
             return self._send(415, b"", headers={"Accept-Post": "application/connect+json, application/connect+proto"})
@@ -1326,7 +1417,7 @@ class E2BServer(http.server.ThreadingHTTPServer):
         self.sandboxes = {}
         self.killed = {}      # sandboxID -> reason ("killed" | "expired")
         self.requests = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.log_lock = threading.Lock()
         self.seq = 0
         self.spawner = Spawner()
@@ -1434,11 +1525,12 @@ class E2BServer(http.server.ThreadingHTTPServer):
         return {"opts": o, "sandboxes": sbs, "killed": dict(self.killed)}
 
     def live_processes(self):
-        """Host pids of every sandboxed process still running (for leak checks)."""
+        """Host pids of every sandbox bwrap still running, commands and what they left behind
+        (for leak checks)."""
         out = []
         for sb in list(self.sandboxes.values()):
             with sb.lock:
-                out += [p.pid for p in sb.procs.values()]
+                out += [p.pid for p in sb.spawned]
         return out
 
     def close(self):

@@ -428,9 +428,61 @@ static void test_key_order(void)
               "  end "
               "end "
               "return true");
+    /* The key-order memo: rows with the same keys reuse the previous row's order, rows
+     * whose keys differ (or come in another traversal order) are sorted afresh. */
+    lua_check("arrays of similar and differing rows encode as each row alone",
+              "local function ref(t) "
+              "  local keys = {} for k in pairs(t) do keys[#keys + 1] = k end "
+              "  table.sort(keys) "
+              "  local parts = {} "
+              "  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ':' .. json.encode(t[k]) end "
+              "  return '{' .. table.concat(parts, ',') .. '}' "
+              "end "
+              "local names = {'id', 'user_id', 'repo_url', 'repo_name', 'repo_owner', 'name', "
+              "  'description', 'is_active', 'settings', 'created_at', 'updated_at', 'task_count', "
+              "  'completed_tasks', 'active_tasks', 'a', 'b', 'zz', 'k9', 'k10', 'x_', 'x', 'y', "
+              "  'y2', 'q', 'r', 's', 't', 'u', 'v', 'w', 'm', 'n', 'o', 'p'} "
+              "local rows = {} "
+              "for i = 1, 200 do "
+              "  local row = {} "
+              "  local n = (i % 7 == 0) and (i % 34 + 1) or 14 "
+              "  local first = (i % 5 == 0) and 3 or 1 "
+              "  for j = first, first + n - 1 do row[names[(j - 1) % #names + 1]] = i * 100 + j end "
+              "  if i % 11 == 0 then row.settings = {b = 1, a = {z = 1, y = 2}} end "
+              "  rows[i] = row "
+              "end "
+              "local parts = {} "
+              "for i, row in ipairs(rows) do "
+              "  local alone = json.encode(row) "
+              "  if row.settings == nil and alone ~= ref(row) then return false, alone end "
+              "  parts[i] = alone "
+              "end "
+              "local all = json.encode(rows) "
+              "if all ~= '[' .. table.concat(parts, ',') .. ']' then return false, all end "
+              "local wrapped = json.encode({status = 'success', projects = rows}) "
+              "return wrapped == '{\"projects\":' .. all .. ',\"status\":\"success\"}'");
+    lua_check("rows with the same keys inserted in other orders still sort",
+              "local keys = {'m', 'b', 'z', 'a', 'q', 'c', 'y'} "
+              "local rows = {} "
+              "for i = 1, 50 do "
+              "  local t = {} "
+              "  for j = 0, #keys - 1 do local k = keys[(i + j * 3) % #keys + 1] t[k] = j end "
+              "  if i % 3 == 0 then t.extra = 1 t.extra = nil end "
+              "  rows[i] = t "
+              "end "
+              "for _, s in ipairs({json.encode(rows)}) do "
+              "  for obj in s:gmatch('{[^}]*}') do "
+              "    local last = '' "
+              "    for k in obj:gmatch('\"(%a+)\":') do "
+              "      if k <= last then return false, obj end last = k "
+              "    end "
+              "  end "
+              "end "
+              "return true");
 }
 
 static void test_c_api(void)
+
 
 {
     char err[256] = "";
@@ -516,6 +568,63 @@ static void test_fresh_state(void)
         rc = host_json_push_encoded(L2, -1, err, sizeof(err));
     ok(rc == 0 && strcmp(lua_tostring(L2, -1), "[{}]") == 0, "helpers work without host_open_json");
     lua_close(L2);
+}
+
+/* An allocator that refuses any single block over `max_block` bytes: while an encode runs,
+ * the only Lua allocations are stack reallocations, so this caps the stack. */
+static size_t max_block = (size_t)-1;
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    (void)osize;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    if (nsize > max_block)
+        return NULL;
+    return realloc(ptr, nsize);
+}
+
+/* The encoder keeps an object's values on the stack next to its keys; when the stack
+ * cannot hold both it starts over keeping keys only (one slot per key, as it always
+ * did), so a short stack gives the same text, not an error. */
+static void test_stack_fallback(void)
+{
+    lua_State *LS = lua_newstate(capped_alloc, NULL);
+    const char *s, *want;
+    size_t n, wantn;
+    char *copy;
+
+    luaL_openlibs(LS);
+    host_open_json(LS);
+    lua_setglobal(LS, "json");
+    if (luaL_dostring(LS, "t = {} for i = 1, 5000 do t['k' .. i] = {i, 'v'} end "
+                          "return json.encode(t)") != LUA_OK) {
+        ok(0, "stack fallback setup: %s", lua_tostring(LS, -1));
+        lua_close(LS);
+        return;
+    }
+    want = lua_tolstring(LS, -1, &wantn);
+    copy = malloc(wantn);
+    memcpy(copy, want, wantn);
+    lua_settop(LS, 0);
+    lua_gc(LS, LUA_GCCOLLECT);
+    /* Room for about 5000 stack slots plus the text, not for 10000 slots. */
+    max_block = 16 * 7000 > wantn + 64 ? 16 * 7000 : wantn + 64;
+    lua_getglobal(LS, "json");
+    lua_getfield(LS, -1, "encode");
+    lua_getglobal(LS, "t");
+    int rc = lua_pcall(LS, 1, 2, 0);
+    max_block = (size_t)-1;
+    s = rc == LUA_OK ? lua_tolstring(LS, -2, &n) : NULL;
+    ok(s != NULL && n == wantn && memcmp(s, copy, n) == 0,
+       "an object too wide to keep its values on the stack encodes the same");
+    if (s == NULL)
+        printf("#   rc=%d %s\n", rc, lua_tostring(LS, -1));
+    free(copy);
+    lua_close(LS);
 }
 
 struct budget {
@@ -604,6 +713,7 @@ int main(void)
     test_c_api();
     test_fresh_state();
     test_memory_errors();
+    test_stack_fallback();
 
     lua_check("module table shape",
               "return type(json.decode) == 'function' and type(json.encode) == 'function' and "

@@ -21,10 +21,14 @@ local OUTPUT_CAP = 8 * 1024 * 1024
 
 -- Runs argv with stdin from a file, stdout/stderr teed into files, and the exit code
 -- written last. The command arrives as positional parameters: nothing is
--- interpolated into this script.
+-- interpolated into this script. stdout's tee ends the pipeline (bash waits for
+-- it); stderr's runs in a process substitution that is waited for explicitly, so
+-- neither file loses its last bytes when bash exits.
 local WRAPPER = [[
-"$@" < "${AICODE_STDIN:-/dev/null}" > >(tee -a -- "$AICODE_OUT") 2> >(tee -a -- "$AICODE_ERR" >&2)
-code=$?
+export PATH="$HOME/.aicode-tools/bin:$PATH"
+"$@" < "${AICODE_STDIN:-/dev/null}" 2> >(tee -a -- "$AICODE_ERR" >&2) | tee -a -- "$AICODE_OUT"
+code=${PIPESTATUS[0]}
+wait $! 2>/dev/null
 echo "$code" > "$AICODE_EXIT"
 exit "$code"
 ]]
@@ -91,8 +95,9 @@ function sandbox_mt:prepare_agent(name, notify)
     local version = config.get().agent_versions[pkg]
     notify("installing " .. pkg .. "@" .. tostring(version) .. " into the E2B sandbox (the template does not " ..
         "have it; build the template in e2b/ to skip this)")
-    local res, err = self:exec { argv = { "npm", "install", "-g", "--no-fund", "--no-audit", pkg .. "@" .. version },
-        timeout_s = 600 }
+    -- Into the user's own prefix: the sandbox user cannot write npm's global one.
+    local res, err = self:exec { argv = { "npm", "install", "-g", "--prefix", "/home/user/.aicode-tools",
+        "--no-fund", "--no-audit", pkg .. "@" .. version }, timeout_s = 600 }
     if not res then return nil, err end
     if res.code ~= 0 then return nil, "installing " .. pkg .. " failed: " .. res.stderr:sub(-300) end
     return true
@@ -140,6 +145,7 @@ function sandbox_mt:exec(opts)
     local st, code, msg = e2b.open_stream(self.sb, "process.Process/Start", {
         process = { cmd = "/bin/bash", args = args, envs = env, cwd = opts.cwd or "/home/user" },
         tag = tag,
+        stdin = false,
     }, timeout_ms)
     if not st then return nil, "E2B could not start the command: " .. tostring(code) .. " " .. tostring(msg) end
     local result, rcode, rmsg

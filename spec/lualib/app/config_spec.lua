@@ -5,7 +5,7 @@ local helper = require "support.helper"
 local NAMES = {
     "CORS_ORIGINS", "RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_IP_PER_MINUTE", "TRUST_PROXY",
     "AUTH_TRUST_CLIENT_USER_ID", "SUPABASE_URL", "AICODE_SUPABASE_JWT_MODE", "JWKS_CACHE_SECONDS",
-    "AICODE_STORE", "JWT_ACCESS_TOKEN_EXPIRE_MINUTES", "ENVIRONMENT",
+    "AICODE_STORE", "JWT_ACCESS_TOKEN_EXPIRE_MINUTES", "ENVIRONMENT", "SUPABASE_SERVICE_ROLE_KEY",
 }
 
 local function load_config(env)
@@ -156,9 +156,61 @@ describe("app.config", function()
             assert.is_true(has_problem(load_config({ SUPABASE_URL = "http://10.0.0.1:54321" }), "SUPABASE_URL"))
         end)
 
-        it("reports a store other than sqlite", function()
-            local config = load_config { AICODE_STORE = "supabase" }
-            assert.is_true(has_problem(config, "AICODE_STORE must be 'sqlite'"))
+        it("reports an unknown store", function()
+            local config = load_config { AICODE_STORE = "mysql" }
+            assert.is_true(has_problem(config, "AICODE_STORE must be 'sqlite' or 'supabase'"))
+            assert.are.equal("sqlite", config.get().store)
+        end)
+
+        it("reports AICODE_STORE=supabase without the URL or the service-role key", function()
+            local need = "AICODE_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+            assert.is_true(has_problem(load_config { AICODE_STORE = "supabase" }, need))
+            assert.is_true(has_problem(load_config {
+                AICODE_STORE = "supabase", SUPABASE_URL = "https://abc.supabase.co" }, need))
+            assert.is_true(has_problem(load_config {
+                AICODE_STORE = "supabase", SUPABASE_SERVICE_ROLE_KEY = "k" }, need))
+            local config = load_config {
+                AICODE_STORE = "supabase", SUPABASE_URL = "https://abc.supabase.co", SUPABASE_SERVICE_ROLE_KEY = "k" }
+            assert.are.same({}, config.problems())
+            assert.are.equal("supabase", config.get().store)
+        end)
+    end)
+
+    describe("store selection", function()
+        it("is sqlite by default, and with SUPABASE_URL alone (Supabase auth only)", function()
+            assert.are.equal("sqlite", load_config().get().store)
+            assert.are.equal("sqlite", load_config({ SUPABASE_URL = "https://abc.supabase.co" }).get().store)
+            assert.are.equal("sqlite", load_config({ SUPABASE_SERVICE_ROLE_KEY = "k" }).get().store)
+        end)
+
+        it("is supabase when SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are set", function()
+            local config = load_config { SUPABASE_URL = "https://abc.supabase.co", SUPABASE_SERVICE_ROLE_KEY = "k" }
+            assert.are.equal("supabase", config.get().store)
+            assert.are.same({}, config.problems())
+            -- Supabase auth keeps working alongside the store.
+            assert.is_true(config.supabase_auth_enabled())
+        end)
+
+        it("AICODE_STORE=sqlite overrides a configured Supabase", function()
+            local config = load_config { SUPABASE_URL = "https://abc.supabase.co", SUPABASE_SERVICE_ROLE_KEY = "k",
+                AICODE_STORE = "sqlite" }
+            assert.are.equal("sqlite", config.get().store)
+            assert.are.same({}, config.problems())
+        end)
+    end)
+
+    describe("checks", function()
+        it("adds the problems of registered checks, in a fresh list each time", function()
+            local config = load_config()
+            local calls = 0
+            config.add_check(function() calls = calls + 1; return "schema mismatch: x" end)
+            config.add_check(function() return nil end)
+            config.add_check(function() error("cannot yield here") end)
+            local first = config.problems()
+            assert.are.same({ "schema mismatch: x" }, first)
+            first[#first + 1] = "appended by a caller"
+            assert.are.same({ "schema mismatch: x" }, config.problems())
+            assert.are.equal(2, calls)
         end)
 
         it("collects every problem at once", function()

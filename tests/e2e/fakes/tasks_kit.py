@@ -89,17 +89,36 @@ def task_server(repos=None, env=None, hosts=None, data_dir=None, start=True):
     return srv
 
 
+def server_died(srv, err):
+    """A clear failure when the server process is gone (instead of a bare ECONNREFUSED)."""
+    code = srv.proc.poll() if srv.proc else None
+    if code is None:
+        time.sleep(0.2)
+        code = srv.proc.poll() if srv.proc else None
+    if code is not None:
+        sig = " (killed by signal %d)" % -code if code < 0 else ""
+        return AssertionError("the aicode server died: exit status %s%s (%s)" % (code, sig, err))
+    return err
+
+
+def request(srv, *args, **kw):
+    try:
+        return srv.request(*args, **kw)
+    except OSError as e:
+        raise server_died(srv, e) from e
+
+
 def start_task(srv, token, prompt, repo_url, expect=200, headers=None, **fields):
     body = {"prompt": prompt, "repo_url": repo_url, "model": "shell"}
     body.update(fields)
-    r = srv.request("POST", "/api/start-task", body=body, token=token, headers=headers)
+    r = request(srv, "POST", "/api/start-task", body=body, token=token, headers=headers)
     if r.status != expect:
         raise AssertionError("start-task answered %d (expected %d): %s" % (r.status, expect, r.body))
     return r.json["task_id"] if expect == 200 else r
 
 
 def task_row(srv, token, tid):
-    r = srv.request("GET", "/api/tasks/%d" % tid, token=token)
+    r = request(srv, "GET", "/api/tasks/%d" % tid, token=token)
     if r.status != 200:
         raise AssertionError("GET /api/tasks/%d answered %d: %s" % (tid, r.status, r.body))
     return r.json["task"]
@@ -170,22 +189,14 @@ def parse_sse(raw):
     return events
 
 
-def db_path(srv):
-    return os.path.join(srv.data_dir, "aicode.db")
-
-
 def db_dump(srv):
-    r = subprocess.run(["sqlite3", db_path(srv), ".dump"], capture_output=True, timeout=30)
-    if r.returncode != 0:
-        raise AssertionError("sqlite3 .dump failed: %s" % r.stderr.decode(errors="replace"))
-    return r.stdout.decode("utf-8", errors="replace")
+    """Everything the store holds, as text (sqlite3 .dump, or pg_dump with AICODE_TEST_STORE=supabase)."""
+    return srv.db_dump()
 
 
-def db_query(srv, sql):
-    r = subprocess.run(["sqlite3", "-json", db_path(srv), sql], capture_output=True, timeout=30, text=True)
-    if r.returncode != 0:
-        raise AssertionError("sqlite3 failed: %s" % r.stderr)
-    return json.loads(r.stdout or "[]")
+def db_query(srv, sql, params=None):
+    """Rows as dicts, on whichever store the harness runs (`?` placeholders)."""
+    return srv.sql(sql, params)
 
 
 def pgrep(pattern):
