@@ -466,17 +466,10 @@ static size_t utf8_seq_len(const unsigned char *p, const unsigned char *end)
 /* enc_string's byte classes: 0 = copied as is, 1 = escaped (control characters, '"',
  * '\\'), 2 = non-ASCII (UTF-8 is validated, U+2028/U+2029 are escaped). */
 static const unsigned char str_class[256] = {
-    /* 0x00-0x1f */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    /* 0x20-0x7f: '"' (0x22) and '\\' (0x5c) */
-    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    /* 0x80-0xff */
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    [0x00 ... 0x1f] = 1,
+    ['"'] = 1,
+    ['\\'] = 1,
+    [0x80 ... 0xff] = 2,
 };
 
 /* True when none of the 8 bytes of w is a control character, '"', '\\' or >= 0x80, i.e.
@@ -486,10 +479,10 @@ static inline int plain8(uint64_t w)
 {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
-    uint64_t special = ((w - ones * 0x20) & ~w)  /* a byte < 0x20 (or >= 0x80, checked too) */
-                       | ((q - ones) & ~q)        /* a '"' */
-                       | ((b - ones) & ~b)        /* a '\\' */
-                       | w;                        /* a byte >= 0x80 */
+    uint64_t special = ((w - ones * 0x20) & ~w) /* a byte < 0x20 (or >= 0x80, checked too) */
+                       | ((q - ones) & ~q)      /* a '"' */
+                       | ((b - ones) & ~b)      /* a '\\' */
+                       | w;                     /* a byte >= 0x80 */
     return (special & highs) == 0;
 }
 

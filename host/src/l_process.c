@@ -51,6 +51,7 @@ struct proc {
     char *stdin_buf; /* h2o keeps pointers into it until the write completes */
     int lua_alive;
     host_co_t *reader; /* coroutine waiting in read() */
+    int busy;          /* inside a loop callback: resuming Lua may collect the handle */
     host_co_t *waiter; /* coroutine waiting in wait() */
 };
 
@@ -60,7 +61,9 @@ typedef struct {
 
 static void proc_maybe_free(proc_t *p)
 {
-    if (p->lua_alive || !p->exited)
+    /* Not while a callback runs: it resumed Lua, which may have let go of the
+     * handle, and the callback still touches p afterwards. */
+    if (p->busy || p->lua_alive || !p->exited)
         return;
     for (int i = 0; i < NSTREAMS; ++i) {
         if (p->streams[i].sock != NULL) {
@@ -146,6 +149,7 @@ static void on_stream_readable(h2o_socket_t *sock, const char *err)
     stream_t *s = sock->data;
     proc_t *p = s->proc;
     (void)err;
+    ++p->busy;
     int fd = h2o_socket_get_fd(sock);
     for (;;) {
         if (s->len >= MAX_BUFFERED) {
@@ -177,6 +181,7 @@ static void on_stream_readable(h2o_socket_t *sock, const char *err)
         break;
     }
     wake_reader(p);
+    --p->busy;
     proc_maybe_free(p);
 }
 
@@ -184,10 +189,13 @@ static void on_pidfd_readable(h2o_socket_t *sock, const char *err)
 {
     proc_t *p = sock->data;
     (void)err;
+    ++p->busy;
     int status;
     pid_t r = waitpid(p->pid, &status, WNOHANG);
-    if (r == 0)
+    if (r == 0) {
+        --p->busy;
         return; /* spurious */
+    }
     p->exited = 1;
     if (r == p->pid && WIFEXITED(status))
         p->exit_code = WEXITSTATUS(status);
@@ -199,6 +207,7 @@ static void on_pidfd_readable(h2o_socket_t *sock, const char *err)
     h2o_socket_close(sock);
     p->pidfd_sock = NULL;
     wake_waiter(p);
+    --p->busy;
     proc_maybe_free(p);
 }
 

@@ -41,10 +41,11 @@ host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner, u
  * skips lua_newthread + luaL_ref (and the collector never has to free the thread).
  * The pool is a userdata in the generation's registry, so it lives and dies with that
  * lua_State; every pooled thread stays anchored by its registry ref, and lua_close
- * frees them all with the generation. Only threads that lua_resetthread brought back
- * to a clean state (LUA_OK: finished, or cancelled while suspended, with every pending
- * to-be-closed variable closed without error) are pooled; a thread that died with an
- * error, or whose closing raised, is released as before. Scripts cannot get hold of a
+ * frees them all with the generation. Only a thread whose function returned (lua_resume
+ * gave LUA_OK) is pooled: every pcall it made has returned too, so nothing of it is left
+ * but an empty stack, which lua_resetthread clears. A thread that died with an error, or
+ * was cancelled while suspended (possibly inside a pcall, whose message handler the
+ * thread would otherwise keep), is released as before. Scripts cannot get hold of a
  * request's thread object (the sandbox has no coroutine or debug library), so a reused
  * thread is indistinguishable from a new one.
  */
@@ -105,16 +106,16 @@ host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_
     return co;
 }
 
-static void co_free(host_co_t *co)
+/* Releases the record and its thread; `returned`: the function returned (LUA_OK). */
+static void co_free(host_co_t *co, int returned)
 {
     host_gen_t *gen = co->gen;
     host_worker_t *w = co->worker;
     int background = co->background;
     *(host_co_t **)lua_getextraspace(co->L) = NULL;
-    /* Runs pending to-be-closed variables; LUA_OK only when the thread ended cleanly. */
-    int status = lua_resetthread(co->L);
+    int status = lua_resetthread(co->L); /* runs pending to-be-closed variables */
     co_pool_t *pool = co_pool(gen->L);
-    if (status == LUA_OK && !gen->retired && pool->n < CO_POOL_MAX) {
+    if (returned && status == LUA_OK && !gen->retired && pool->n < CO_POOL_MAX) {
         lua_settop(co->L, 0);
         pool->free[pool->n].L = co->L;
         pool->free[pool->n].ref = co->ref;
@@ -133,7 +134,7 @@ void host_co_destroy(host_co_t *co)
     if (co->op != NULL && co->cancel != NULL)
         co->cancel(co->op);
     co->op = NULL;
-    co_free(co);
+    co_free(co, 0);
 }
 
 void host_co_clear_op(host_co_t *co)
@@ -159,7 +160,7 @@ void host_co_resume(host_co_t *co, int nargs)
     }
     if (co->on_done != NULL)
         co->on_done(co, status, nresults);
-    co_free(co);
+    co_free(co, status == LUA_OK);
 }
 
 int host_co_yield_op(lua_State *L, void *op, host_op_cancel_cb cancel)

@@ -258,8 +258,8 @@ static void on_stream_done(host_co_t *co, int status, int nresults)
 static int start_stream(request_rec_t *r, lua_State *L, int status, const char *user_id)
 {
     host_co_t *parent = host_co_current(L);
-    host_co_t *co = host_co_new_on(r->worker, parent->gen, on_stream_done, r,
-                                   host_now_ms() + STREAM_MAX_MS, 0);
+    host_co_t *co =
+        host_co_new_on(r->worker, parent->gen, on_stream_done, r, host_now_ms() + STREAM_MAX_MS, 0);
     if (co == NULL)
         return -1;
     r->streaming = 1;

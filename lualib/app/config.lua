@@ -59,13 +59,13 @@ local function read()
     end
     -- The store: Supabase (PostgREST at SUPABASE_URL/rest/v1 with the service-role key)
     -- when both are set, else the embedded SQLite; AICODE_STORE overrides the choice.
-    s.supabase_service_key = host.has_env("SUPABASE_SERVICE_ROLE_KEY")
-    s.store = env("AICODE_STORE", (s.supabase_url and s.supabase_service_key) and "supabase" or "sqlite")
+    s.supabase_service_key_set = host.has_env("SUPABASE_SERVICE_ROLE_KEY")
+    s.store = env("AICODE_STORE", (s.supabase_url and s.supabase_service_key_set) and "supabase" or "sqlite")
     if s.store ~= "sqlite" and s.store ~= "supabase" then
         problems[#problems + 1] = "AICODE_STORE must be 'sqlite' or 'supabase' (got " .. string.format("%q",
             s.store:sub(1, 40)) .. ")"
         s.store = "sqlite"
-    elseif s.store == "supabase" and not (s.supabase_url and s.supabase_service_key) then
+    elseif s.store == "supabase" and not (s.supabase_url and s.supabase_service_key_set) then
         problems[#problems + 1] = "AICODE_STORE=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
     end
     s.access_ttl = 60 * int_setting("JWT_ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 1440, problems)

@@ -92,7 +92,7 @@ local function finish(run, outcome, err)
         f = { status = "failed", error = run:sanitize(msg) }
     end
     local ok, ferr = store:finish_run(run.id, run.owner, f)
-    if ok == nil then log("error", "engine: cannot save the task result", { task_id = run.id, error = ferr }) end
+    if ok == nil then error(ferr, 0) end
     store:add_event(run.id, "status", { status = f.status, error = f.error })
 end
 
@@ -147,7 +147,14 @@ local function run_task(id)
         run.sandbox:destroy()
     end
     if not ok and type(res) == "table" and res.aborted then run.aborted = res.aborted end
-    finish(run, ok, res)
+    -- Saving must not die silently (the lease would expire and the result be lost):
+    -- if the result cannot be stored, the task fails with a readable error instead.
+    local saved, serr = pcall(finish, run, ok, res)
+    if not saved then
+        log("error", "engine: cannot save the task result", { task_id = id, error = tostring(serr) })
+        pcall(store.finish_run, store, id, run.owner, { status = "failed",
+            error = "The result could not be saved (an internal error was logged)" })
+    end
 end
 
 local function loop()
@@ -179,6 +186,15 @@ end
 -- Called by app.server.start on each worker; the engine runs on worker 0.
 function _M.start(worker_index)
     if worker_index ~= 0 then return end
+    if config.get().sandbox_provider == "local" then
+        host.spawn(function()
+            local ok, err = require("app.sandbox.local").self_test()
+            if not ok then
+                log("error", "engine: the local sandbox does not work; every task will fail until fixed",
+                    { error = tostring(err) })
+            end
+        end)
+    end
     host.spawn(loop)
 end
 

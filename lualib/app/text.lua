@@ -2,9 +2,12 @@
 -- must stay valid UTF-8, or host.json refuses to encode them.
 local _M = {}
 
--- Replaces every invalid UTF-8 sequence with U+FFFD.
+-- Replaces every invalid UTF-8 sequence, and NUL (which host.json refuses to
+-- decode and C strings cannot hold), with U+FFFD.
 function _M.valid_utf8(s)
-    if type(s) ~= "string" or utf8.len(s) then return s end
+    if type(s) ~= "string" then return s end
+    if s:find("\0", 1, true) then s = s:gsub("%z", "\u{FFFD}") end
+    if utf8.len(s) then return s end
     local out, i = {}, 1
     while true do
         local ok, bad = utf8.len(s, i)

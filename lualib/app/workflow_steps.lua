@@ -8,6 +8,7 @@ local git = require "app.git"
 local results = require "app.results"
 local sandbox_mod = require "app.sandbox"
 local store = require "app.store"
+local text = require "app.text"
 local time = require "app.time"
 
 local json = host.json
@@ -154,11 +155,12 @@ function _M.save(run)
         git_patch = r.git_patch,
         changed_files = r.changed_files,
         execution_metadata = metadata,
-        assistant_message = { role = "assistant", content = run:sanitize(answer or ""), timestamp = time.iso8601() },
+        assistant_message = { role = "assistant", content = text.valid_utf8(run:sanitize(answer or "")),
+            timestamp = time.iso8601() },
     }
     run:emit("result", {
         changed = r.changed, commit_hash = r.changed and r.commit_hash or nil,
-        changed_files = r.changed_files, answer = run:sanitize(answer or ""),
+        changed_files = r.changed_files, answer = text.valid_utf8(run:sanitize(answer or "")),
     })
     return true
 end

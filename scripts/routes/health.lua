@@ -23,7 +23,9 @@ end
 -- Sandbox providers the host can use on this machine.
 local function sandbox_providers()
     local bwrap = host.find_executable("bwrap")
-    return { ["local"] = { kind = "bubblewrap", available = bwrap ~= nil,
+    local ok, why = false, "bwrap is not installed"
+    if bwrap then ok, why = require("app.sandbox.local").self_test() end
+    return { ["local"] = { kind = "bubblewrap", available = ok == true, error = why,
         selected = config.get().sandbox_provider == "local" } }
 end
 

@@ -70,12 +70,14 @@ class SupabaseStack:
 
     JWT_SECRET = "e2e-postgrest-double-jwt-secret-0123456789abcdef"
 
-    def __init__(self, migrate=True, pool_size=20):
+    def __init__(self, migrate=True, pool_size=20, database_url=None):
+        """database_url: serve that (existing) database instead of starting a cluster."""
         self.migrate = migrate
         self.pool_size = pool_size
+        self.own_cluster = database_url is None
         self.dir = None
         self.proc = None
-        self.database_url = None
+        self.database_url = database_url
         self.url = None
         self.service_key = None
         self.jwt_secret = self.JWT_SECRET
@@ -83,11 +85,14 @@ class SupabaseStack:
 
     def start(self, timeout=60):
         self.dir = "/tmp/aicode-e2e-pg-%d-%s" % (os.getpid(), uuid.uuid4().hex[:8])
-        r = subprocess.run([PG_SH, "start", self.dir], capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError("tools/pg.sh start failed: %s %s" % (r.stdout, r.stderr))
-        try:
+        if self.own_cluster:
+            r = subprocess.run([PG_SH, "start", self.dir], capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                raise RuntimeError("tools/pg.sh start failed: %s %s" % (r.stdout, r.stderr))
             self.database_url = r.stdout.strip().splitlines()[-1]
+        else:
+            os.makedirs(self.dir)
+        try:
             if self.migrate:
                 m = subprocess.run([MIGRATE_PG, self.database_url], capture_output=True, text=True, timeout=120)
                 if m.returncode != 0:
@@ -204,7 +209,10 @@ class SupabaseStack:
                 self.proc.wait()
         self.proc = None
         if self.dir:
-            subprocess.run([PG_SH, "stop", self.dir], capture_output=True, timeout=120)
+            if self.own_cluster:
+                subprocess.run([PG_SH, "stop", self.dir], capture_output=True, timeout=120)
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
 
@@ -253,7 +261,8 @@ class Server:
     """A running bin/aicode serve. Environment is minimal and explicit."""
 
     def __init__(self, env=None, workers=1, data_dir=None, scripts_dir=None, lualib_dir=None,
-                 start=True):
+                 start=True, stack=None):
+        """stack: a SupabaseStack of the test's own: the server uses it (whatever STORE is)."""
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="aicode-e2e-")
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
@@ -273,7 +282,12 @@ class Server:
         }
         self.store = "sqlite"
         self.stack = None
-        if STORE == "supabase" and not ({"SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "AICODE_STORE"} & set(env or {})):
+        if stack is not None:
+            self.store = "supabase"
+            self.stack = stack
+            self.env.update(stack.env())
+        elif STORE == "supabase" and not ({"SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "AICODE_STORE"}
+                                          & set(env or {})):
             self.store = "supabase"
             self.stack = supabase()
             self.env.update(self.stack.env())

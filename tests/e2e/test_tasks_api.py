@@ -441,7 +441,7 @@ class TaskApiTests(unittest.TestCase):
             with self.subTest(path=path):
                 r = self.srv.request(method, path, token=other, body=body if body is not None else
                                      ({} if method == "POST" else None))
-                err = self.assertJsonError(r, 404)
+                self.assertJsonError(r, 404)
                 self.assertNotIn(CHANGES_SCRIPT[:20], r.body)
         # Nothing changed for the owner.
         t = wait_task(self.srv, self.tok, tid)

@@ -5,7 +5,6 @@ from POST /api/tasks/<id>/events-token, accepted in the query for that task's ev
 only."""
 import http.client
 import json
-import threading
 import time
 import unittest
 

@@ -5,9 +5,7 @@ wrong token) and agent crashes with readable errors, concurrency limits
 (MAX_CONCURRENT_TASKS, MAX_TASKS_PER_USER), and a server kill -9 mid-task followed by
 a restart on the same data directory (TASK_LEASE_SECONDS)."""
 import datetime
-import os
 import signal
-import threading
 import time
 import unittest
 import uuid

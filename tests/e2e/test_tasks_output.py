@@ -3,7 +3,6 @@ stdout/stderr), a changed file in a legacy encoding (latin-1), very noisy output
 very large output: the task must still complete, its events and API answers must stay
 valid JSON, the stored patch must still reproduce the files byte for byte, and the
 server must survive."""
-import json
 import os
 import subprocess
 import tempfile

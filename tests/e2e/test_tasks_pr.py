@@ -6,7 +6,6 @@ call returns the same pull request; a moved base that conflicts is a 409. And
 POST /api/validate-token: the user and the repository permissions, no side effects."""
 import os
 import shutil
-import subprocess
 import tempfile
 import unittest
 

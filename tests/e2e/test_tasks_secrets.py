@@ -11,8 +11,7 @@ import time
 import unittest
 import uuid
 
-from fakes.tasks_kit import (GitRepos, assistant_messages, db_dump, read_sse, start_task, task_server, wait_for,
-                             wait_task)
+from fakes.tasks_kit import GitRepos, assistant_messages, db_dump, read_sse, task_server, wait_task
 from fakes.tasks_kit import github_api
 from harness import new_user
 

@@ -430,37 +430,38 @@ static void test_key_order(void)
               "return true");
     /* The key-order memo: rows with the same keys reuse the previous row's order, rows
      * whose keys differ (or come in another traversal order) are sorted afresh. */
-    lua_check("arrays of similar and differing rows encode as each row alone",
-              "local function ref(t) "
-              "  local keys = {} for k in pairs(t) do keys[#keys + 1] = k end "
-              "  table.sort(keys) "
-              "  local parts = {} "
-              "  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ':' .. json.encode(t[k]) end "
-              "  return '{' .. table.concat(parts, ',') .. '}' "
-              "end "
-              "local names = {'id', 'user_id', 'repo_url', 'repo_name', 'repo_owner', 'name', "
-              "  'description', 'is_active', 'settings', 'created_at', 'updated_at', 'task_count', "
-              "  'completed_tasks', 'active_tasks', 'a', 'b', 'zz', 'k9', 'k10', 'x_', 'x', 'y', "
-              "  'y2', 'q', 'r', 's', 't', 'u', 'v', 'w', 'm', 'n', 'o', 'p'} "
-              "local rows = {} "
-              "for i = 1, 200 do "
-              "  local row = {} "
-              "  local n = (i % 7 == 0) and (i % 34 + 1) or 14 "
-              "  local first = (i % 5 == 0) and 3 or 1 "
-              "  for j = first, first + n - 1 do row[names[(j - 1) % #names + 1]] = i * 100 + j end "
-              "  if i % 11 == 0 then row.settings = {b = 1, a = {z = 1, y = 2}} end "
-              "  rows[i] = row "
-              "end "
-              "local parts = {} "
-              "for i, row in ipairs(rows) do "
-              "  local alone = json.encode(row) "
-              "  if row.settings == nil and alone ~= ref(row) then return false, alone end "
-              "  parts[i] = alone "
-              "end "
-              "local all = json.encode(rows) "
-              "if all ~= '[' .. table.concat(parts, ',') .. ']' then return false, all end "
-              "local wrapped = json.encode({status = 'success', projects = rows}) "
-              "return wrapped == '{\"projects\":' .. all .. ',\"status\":\"success\"}'");
+    lua_check(
+        "arrays of similar and differing rows encode as each row alone",
+        "local function ref(t) "
+        "  local keys = {} for k in pairs(t) do keys[#keys + 1] = k end "
+        "  table.sort(keys) "
+        "  local parts = {} "
+        "  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ':' .. json.encode(t[k]) end "
+        "  return '{' .. table.concat(parts, ',') .. '}' "
+        "end "
+        "local names = {'id', 'user_id', 'repo_url', 'repo_name', 'repo_owner', 'name', "
+        "  'description', 'is_active', 'settings', 'created_at', 'updated_at', 'task_count', "
+        "  'completed_tasks', 'active_tasks', 'a', 'b', 'zz', 'k9', 'k10', 'x_', 'x', 'y', "
+        "  'y2', 'q', 'r', 's', 't', 'u', 'v', 'w', 'm', 'n', 'o', 'p'} "
+        "local rows = {} "
+        "for i = 1, 200 do "
+        "  local row = {} "
+        "  local n = (i % 7 == 0) and (i % 34 + 1) or 14 "
+        "  local first = (i % 5 == 0) and 3 or 1 "
+        "  for j = first, first + n - 1 do row[names[(j - 1) % #names + 1]] = i * 100 + j end "
+        "  if i % 11 == 0 then row.settings = {b = 1, a = {z = 1, y = 2}} end "
+        "  rows[i] = row "
+        "end "
+        "local parts = {} "
+        "for i, row in ipairs(rows) do "
+        "  local alone = json.encode(row) "
+        "  if row.settings == nil and alone ~= ref(row) then return false, alone end "
+        "  parts[i] = alone "
+        "end "
+        "local all = json.encode(rows) "
+        "if all ~= '[' .. table.concat(parts, ',') .. ']' then return false, all end "
+        "local wrapped = json.encode({status = 'success', projects = rows}) "
+        "return wrapped == '{\"projects\":' .. all .. ',\"status\":\"success\"}'");
     lua_check("rows with the same keys inserted in other orders still sort",
               "local keys = {'m', 'b', 'z', 'a', 'q', 'c', 'y'} "
               "local rows = {} "
@@ -482,7 +483,6 @@ static void test_key_order(void)
 }
 
 static void test_c_api(void)
-
 
 {
     char err[256] = "";

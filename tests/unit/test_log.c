@@ -110,11 +110,41 @@ static uint32_t rnd(uint32_t n)
 static void fuzz_against_ref(void)
 {
     static const char *frags[] = {
-        "canary-secret-value-0123456789", "canary-secret-", "overlap-secret-AAAA",
-        "-longer-tail", "zz-longer-secret-BBBB", "-tail", "sekret-starts-like-sk", "eyJ",
-        "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "gh_", "github_pat_", "sk-", "xoxb-",
-        "Bearer ", "bearer ", "BeArEr ", "Bearer", "abcdefghijkl", "0123456789", "=", "-", "_",
-        " ", "\"", ":", "task", "Authorization: ", "\xc3\xa9", "\x7f", "x", "{\"q\":\"",
+        "canary-secret-value-0123456789",
+        "canary-secret-",
+        "overlap-secret-AAAA",
+        "-longer-tail",
+        "zz-longer-secret-BBBB",
+        "-tail",
+        "sekret-starts-like-sk",
+        "eyJ",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "gh_",
+        "github_pat_",
+        "sk-",
+        "xoxb-",
+        "Bearer ",
+        "bearer ",
+        "BeArEr ",
+        "Bearer",
+        "abcdefghijkl",
+        "0123456789",
+        "=",
+        "-",
+        "_",
+        " ",
+        "\"",
+        ":",
+        "task",
+        "Authorization: ",
+        "\xc3\xa9",
+        "\x7f",
+        "x",
+        "{\"q\":\"",
     };
     const size_t nfrags = sizeof(frags) / sizeof(frags[0]);
     int failures = 0;
@@ -141,7 +171,6 @@ static void fuzz_against_ref(void)
     }
     ok(failures == 0, "50000 random lines redact exactly like the reference implementation");
 }
-
 
 /* ---- the access-log line: fields formatted without printf must match printf ---------- */
 
@@ -191,9 +220,9 @@ static void test_request_line(void)
         return;
     }
     static const double durations[] = {
-        0.0,     0.001,  0.0005,  0.0015,     0.0625,   1.0625,      12.3455,   0.1234,
-        999.999, 1e6,    1e9,     1e9 - 0.001, 123456.78, 5e-324,     1e300,     -0.0,
-        -1.5,    0.25,   1.0 / 3, 2.0 / 3,    0.9995,   0.0004999999, 4503599.62, 17.0,
+        0.0,     0.001, 0.0005,  0.0015,      0.0625,    1.0625,       12.3455,    0.1234,
+        999.999, 1e6,   1e9,     1e9 - 0.001, 123456.78, 5e-324,       1e300,      -0.0,
+        -1.5,    0.25,  1.0 / 3, 2.0 / 3,     0.9995,    0.0004999999, 4503599.62, 17.0,
     };
     const size_t nd = sizeof(durations) / sizeof(durations[0]);
     int bad = 0;

@@ -21,7 +21,12 @@
 /** Opens the log sink: `path` (appended) or stderr when NULL. */
 int host_log_open(const char *path);
 
-/** Registers a secret value to scrub from every line (copied; values under 8 bytes ignored). */
+/**
+ * Registers a secret value to scrub from every line (copied; values under 8 bytes ignored;
+ * at most 32). Register secrets at start-up, before any thread that logs exists: the
+ * redactor reads the table without a lock (registration is append-only and published
+ * atomically, so a late registration is safe, but lines written meanwhile may miss it).
+ */
 void host_log_register_secret(const char *value);
 
 /** Writes a free-form line: {"time","level","msg"} plus no fields. */

@@ -186,6 +186,26 @@ function sandbox_mt:destroy()
     _M.cleanup(self.name)
 end
 
+-- Runs `true` in a fresh sandbox: catches what would fail every task (bwrap
+-- missing, user namespaces disabled, a data directory the unprivileged sandbox user
+-- cannot traverse). Cached for a minute. -> true | nil, reason
+local probe = { at = -math.huge }
+function _M.self_test()
+    local now = host.monotonic_ms()
+    if now - probe.at < 60000 then return probe.ok, probe.err end
+    probe.at = now
+    local sb, err = _M.create { task_id = 0 }
+    local ok = false
+    if sb then
+        local res, eerr = sb:exec { argv = { "true" }, network = false, timeout_s = 10 }
+        ok = res and res.code == 0
+        err = ok and nil or (eerr or ("sandboxed `true` failed: " .. (res and res.stderr or ""):sub(1, 200)))
+        sb:destroy()
+    end
+    probe.ok, probe.err = ok or nil, err
+    return probe.ok, probe.err
+end
+
 -- Removes a sandbox's leftovers by name (also used after a crash, from the
 -- task's recorded container_id).
 function _M.cleanup(name)

@@ -31,8 +31,12 @@ local function decode_json_column(row, field, default_json)
         row[field] = json.array()
         return
     end
-    local decoded = json.decode(v)
-    if decoded == nil then decoded = json.decode(default_json) end
+    local decoded, err = json.decode(v)
+    if decoded == nil then
+        -- Never silently: a column that does not decode is a bug upstream of here.
+        host.log("error", "store: undecodable JSON column", { field = field, error = tostring(err) })
+        decoded = json.decode(default_json)
+    end
     row[field] = decoded
 end
 

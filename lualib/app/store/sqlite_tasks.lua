@@ -157,13 +157,17 @@ function _M.install(store, h)
         end
         for _, col in ipairs({ "changed_files", "execution_metadata" }) do
             if f[col] ~= nil then
+                local encoded, jerr = json.encode(f[col])
+                if not encoded then return nil, col .. ": " .. tostring(jerr) end
                 sets[#sets + 1] = col .. " = ?"
-                args[#args + 1] = json.encode(f[col])
+                args[#args + 1] = encoded
             end
         end
         if f.assistant_message then
+            local encoded, jerr = json.encode(f.assistant_message)
+            if not encoded then return nil, "assistant message: " .. tostring(jerr) end
             sets[#sets + 1] = "chat_messages = json_insert(chat_messages, '$[#]', json(?))"
-            args[#args + 1] = json.encode(f.assistant_message)
+            args[#args + 1] = encoded
         end
         args[#args + 1] = id
         args[#args + 1] = owner
@@ -256,8 +260,10 @@ function _M.install(store, h)
     end
 
     function store.add_event(_, task_id, type, data)
+        local encoded, jerr = json.encode(data or json.object())
+        if not encoded then return nil, "event data: " .. tostring(jerr) end
         local changes, id = run("INSERT INTO task_events (task_id, type, data) VALUES (?, ?, ?)",
-            task_id, type, json.encode(data or json.object()))
+            task_id, type, encoded)
         if not changes then return nil, id end
         return id
     end

@@ -289,8 +289,10 @@ local function schema_check(attempts, timeout_ms)
         return true
     end
     -- No such table: a database that was never migrated (42P01 from PostgreSQL,
-    -- PGRST205 from PostgREST's schema cache).
-    if status == 404 and (code == "42P01" or code == "PGRST205" or code == "PGRST200") then
+    -- PGRST205 from PostgREST's schema cache); or, on a plain PostgreSQL, not even the
+    -- API roles that 000_supabase_shim.sql makes (22023: role "service_role" does not exist).
+    if (status == 404 and (code == "42P01" or code == "PGRST205" or code == "PGRST200"))
+        or (code == "22023" and err:find('role "[%w_]+" does not exist')) then
         return nil, SCHEMA_MISMATCH, SCHEMA_MISMATCH
     end
     return nil, err

@@ -362,6 +362,17 @@ describe("app.store.supabase", function()
             ok, err = store:ping()
             assert.is_nil(ok)
             assert.matches("^schema mismatch", err)
+            -- A plain PostgreSQL without even the API roles (the test shim makes them).
+            reply(400, { code = "22023", message = 'role "service_role" does not exist' })
+            ok, err = store:ping()
+            assert.is_nil(ok)
+            assert.matches("^schema mismatch", err)
+            -- Anything else is not a mismatch, and its text is not for clients.
+            reply(403, { code = "42501", message = "permission denied for table schema_migrations" })
+            ok, err, public = store:ping()
+            assert.is_nil(ok)
+            assert.matches("42501", err, 1, true)
+            assert.is_nil(public)
         end)
 
         it("is a configuration problem at start; an unreachable database is not", function()
