@@ -186,6 +186,8 @@ static const char *error_kind(CURLcode rc, const http_op_t *op)
     if (op->too_large)
         return "too large";
     switch (rc) {
+    case CURLE_ABORTED_BY_CALLBACK:
+        return "cancelled";
     case CURLE_OPERATION_TIMEDOUT:
         return "timeout";
     case CURLE_COULDNT_CONNECT:
@@ -701,13 +703,25 @@ static int l_stream_read(lua_State *L)
     return stream_wait(L, op, WAIT_DATA);
 }
 
-/* s:close(): aborts the transfer (idempotent). */
+/* s:close(): aborts the transfer (idempotent). A coroutine waiting on the
+ * stream (another one than the caller) is woken with nil, "cancelled". */
 static int l_stream_close(lua_State *L)
 {
     stream_ud_t *ud = luaL_checkudata(L, 1, STREAM_MT);
     http_op_t *op = ud->op;
     if (op == NULL)
         return 0;
+    if (op->waiter != NULL && op->waiter != host_co_current(L)) {
+        if (op->in_multi) {
+            curl_multi_remove_handle(op->http->multi, op->easy);
+            op->in_multi = 0;
+        }
+        op->done = 1;
+        op->result = CURLE_ABORTED_BY_CALLBACK;
+        op->body_len = 0;
+        stream_schedule_wake(op); /* the waiter's stack keeps the handle; freed at gc */
+        return 0;
+    }
     ud->op = NULL;
     op->lua_alive = 0;
     op->waiter = NULL;

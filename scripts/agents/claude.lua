@@ -88,8 +88,11 @@ function _M.finish(state, res)
         out.answer = type(r.result) == "string" and r.result or state.last_text
         out.usage = r.usage
         out.cost_usd = r.total_cost_usd
+        -- Claude Code reports subtype "success" even when the API failed: is_error
+        -- decides; the subtype is only informative when it names a reason.
         if r.is_error or (r.subtype and r.subtype ~= "success") then
-            out.error = "Claude Code stopped: " .. tostring(r.subtype or "error") ..
+            local why = r.subtype and r.subtype ~= "success" and (" (" .. tostring(r.subtype) .. ")") or ""
+            out.error = "Claude Code failed" .. why ..
                 (type(r.result) == "string" and (": " .. util.clip(r.result:sub(1, 300))) or "")
         end
     else

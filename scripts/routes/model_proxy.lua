@@ -5,8 +5,8 @@
 -- forwards the request to the real endpoint, so a prompt that reads the agent's
 -- environment learns nothing usable outside the run.
 --
--- Responses are forwarded whole (host.http buffers), so a streamed answer reaches
--- the agent when it is complete rather than token by token.
+-- Responses stream through as they arrive (host.http.stream to a streaming
+-- response), so the agent sees model output live.
 local host = require "host"
 local config = require "app.config"
 local errors = require "app.errors"
@@ -28,7 +28,8 @@ local function run_token(req, provider)
 end
 
 local function forward(req, provider, path)
-    if not run_token(req, provider) then errors.unauthorized("Invalid or expired model proxy token") end
+    local token = run_token(req, provider)
+    if not token then errors.unauthorized("Invalid or expired model proxy token") end
     local s = config.get()
     local base, key
     if provider == "anthropic" then
@@ -42,23 +43,48 @@ local function forward(req, provider, path)
     if not secret then errors.raise(503, "The server has no API key for " .. provider) end
     local headers = { [name] = secret }
     for _, h in ipairs(FORWARD_HEADERS) do headers[h] = req.headers[h] end
-    local res, err = host.http.request {
+    local upstream, err = host.http.stream {
         method = req.method,
         url = base .. path .. (req.query and ("?" .. req.query) or ""),
         headers = headers,
         body = req.body,
         timeout_ms = s.model_proxy_timeout_ms,
-        max_body = 64 * 1024 * 1024,
+        idle_timeout_s = 300,
         allow_http = base:match("^http://") ~= nil, -- operator-configured endpoint
     }
-    if not res then
-        host.log("warn", "model proxy: upstream request failed", { provider = provider, error = err })
-        errors.raise(502, "Model API unavailable (" .. tostring(err) .. ")")
+    if not upstream then errors.raise(502, "Model API unavailable (" .. tostring(err) .. ")") end
+    -- When the run ends (finished, cancelled, timed out) its token is revoked: the
+    -- upstream call is cut then, even if the agent's connection is already gone
+    -- (h2o does not notice an HTTP/1 client leaving mid-request).
+    local open = true
+    host.spawn(function()
+        while open do
+            host.sleep(1)
+            if open and not host.vault.get("model_token:" .. token) then
+                upstream:close()
+                break
+            end
+        end
+    end)
+    local status, up_headers = upstream:headers()
+    if not status then
+        open = false
+        host.log("warn", "model proxy: upstream request failed", { provider = provider, error = up_headers })
+        errors.raise(502, "Model API unavailable (" .. tostring(up_headers) .. ")")
     end
+    -- The answer streams through as it arrives (server-sent events stay live).
     return {
-        status = res.status,
-        headers = { ["content-type"] = res.headers["content-type"] or "application/json" },
-        body = res.body,
+        status = status,
+        headers = { ["content-type"] = up_headers["content-type"] or "application/json" },
+        stream = function(write)
+            while true do
+                local chunk = upstream:read()
+                if not chunk then break end
+                write(chunk)
+            end
+            open = false
+            upstream:close()
+        end,
     }
 end
 

@@ -408,6 +408,12 @@ describe("scripts/openapi.json", function()
             end
             local res = server.handle(helper.request({ method = method, path = path, query = opts.query,
                 headers = headers, body = body }))
+            if res.stream and not opts.raw_stream and res.headers["content-type"] ~= "text/event-stream" then
+                -- a streamed JSON answer (the model proxy): read it to its end
+                local parts = {}
+                res.stream(function(chunk) parts[#parts + 1] = chunk end)
+                res.body = table.concat(parts)
+            end
             return res, res.body and json.decode(res.body)
         end
 

@@ -284,6 +284,24 @@ function _M.new(opts)
     -- allow_http (operator-configured endpoints), like host/src/l_http.c.
     host.http = {}
 
+    -- host.http.stream: the same queue and recording as request(); the answer's
+    -- body comes out of read() in one chunk.
+    function host.http.stream(req)
+        local res, err = host.http.request(req)
+        if not res then return nil, err end
+        local done, closed = false, false
+        return {
+            headers = function() return res.status, res.headers end,
+            read = function()
+                if closed then return nil, "cancelled" end
+                if done or res.body == "" then return nil end
+                done = true
+                return res.body
+            end,
+            close = function() closed = true end,
+        }
+    end
+
     function host.http.request(req)
         if type(req) ~= "table" then error("bad argument #1 to 'request' (table expected)", 2) end
         if type(req.url) ~= "string" then error("host.http.request: url is required", 2) end

@@ -265,6 +265,9 @@ class Server:
         """stack: a SupabaseStack of the test's own: the server uses it (whatever STORE is)."""
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="aicode-e2e-")
+        # The sandbox runs as an unprivileged user that must traverse to its workspace
+        # under the data dir (as in any real deployment: the data dir's parents are).
+        os.chmod(self.tmp, 0o711)
         self.data_dir = data_dir or os.path.join(self.tmp, "data")
         self.log_path = os.path.join(self.tmp, "server.log")
         self.env = {
