@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 layers="${1:-all}"
-[ "$layers" = all ] && layers="unit spec e2e"
+[ "$layers" = all ] && layers="unit spec e2e e2e-supabase"
 passed=0
 failed=0
 logdir=$(mktemp -d)
@@ -46,6 +46,18 @@ for layer in $layers; do
       /usr/bin/python3 tests/e2e/run.py >"$log" 2>&1; rc=$?
       echo "== e2e: $(grep -cE '^ok' "$log") ok"
       count "$log" "$rc" e2e
+      grep -E '^#' "$log" | head -60
+      ;;
+    e2e-supabase)
+      # The API and task suites again, on the Supabase store (PostgREST double on
+      # a real PostgreSQL, started and stopped by the harness).
+      log="$logdir/e2e-supabase.log"
+      rc=0
+      for pattern in 'test_api_*.py' 'test_tasks_*.py'; do
+        AICODE_TEST_STORE=supabase /usr/bin/python3 tests/e2e/run.py "$pattern" >>"$log" 2>&1 || rc=$?
+      done
+      echo "== e2e-supabase: $(grep -cE '^ok' "$log") ok"
+      count "$log" "$rc" e2e-supabase
       grep -E '^#' "$log" | head -60
       ;;
     *) echo "unknown layer $layer" >&2; exit 2 ;;

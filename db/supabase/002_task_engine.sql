@@ -218,7 +218,8 @@ BEGIN
                         ELSE 'The task was interrupted (the server running it stopped) and was not retried again'
                    END,
            lease_owner = NULL,
-           lease_until = NULL
+           lease_until = NULL,
+           cancel_requested = false
       FROM expired
      WHERE t.id = expired.id
     RETURNING t.id,
@@ -268,7 +269,7 @@ AS $$
 BEGIN
     RETURN QUERY
     UPDATE public.tasks t
-       SET status = 'pending', error = NULL, completed_at = NULL, attempts = 0,
+       SET status = 'pending', error = NULL, completed_at = NULL, attempts = 0, cancel_requested = false,
            chat_messages = coalesce(t.chat_messages, '[]'::jsonb) || jsonb_build_array(start_followup.message)
      WHERE t.id = start_followup.task_id AND t.user_id = start_followup.user_id
        AND t.status IN ('completed', 'failed', 'cancelled')

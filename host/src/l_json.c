@@ -416,6 +416,43 @@ static int enc_float(struct enc *e, double d)
 
     if (!isfinite(d))
         return enc_fail(e, "cannot encode NaN or Infinity", NULL);
+    if (fabs(d) >= 1e-3 && fabs(d) < 1e12) {
+        /* Fast path for values with at most 3 decimals (timestamps in seconds, money,
+         * durations): d is the double nearest to k / 1000 for an integer k with at most 15
+         * digits. Then %.15g prints exactly that decimal, trailing zeros removed (d is off
+         * from k / 1000 by under a fifth of a unit in its 15th digit, and k / 1000 lies on
+         * the 15-digit grid because |d| < 1e12), strtod reads it back as d, and fixed
+         * notation applies (1e-3 <= |d| < 1e15). So this prints what the loop below would. */
+        long long k = llround(d * 1000.0);
+        if ((double)k / 1000.0 == d) {
+            unsigned long long u = k < 0 ? 0ULL - (unsigned long long)k : (unsigned long long)k;
+            unsigned long long ip = u / 1000;
+            unsigned fp = (unsigned)(u % 1000);
+            char *p = tmp + sizeof(tmp);
+
+            if (fp == 0) {
+                *--p = '0'; /* "3" would decode as an integer: "3.0" */
+            } else {
+                int digits = 3;
+                while (fp % 10 == 0) {
+                    fp /= 10;
+                    digits--;
+                }
+                while (digits-- > 0) {
+                    *--p = (char)('0' + fp % 10);
+                    fp /= 10;
+                }
+            }
+            *--p = '.';
+            do {
+                *--p = (char)('0' + ip % 10);
+                ip /= 10;
+            } while (ip != 0);
+            if (k < 0)
+                *--p = '-';
+            return buf_add(e, p, (size_t)(tmp + sizeof(tmp) - p));
+        }
+    }
     for (prec = 15; prec <= 17; prec++) {
         n = snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
         if (prec == 17 || strtod(tmp, NULL) == d)

@@ -24,7 +24,14 @@ end
 function commands.check_config()
     local problems = config.problems()
     local ok, err = store:ping()
-    if not ok then problems[#problems + 1] = "store: " .. tostring(err) end
+    local line = "store: " .. tostring(err)
+    if not ok then
+        local already = false
+        for _, p in ipairs(problems) do
+            if p == tostring(err) or p == line then already = true end
+        end
+        if not already then problems[#problems + 1] = line end
+    end
     if #problems == 0 then return "configuration ok" end
     return nil, table.concat(problems, "\n")
 end

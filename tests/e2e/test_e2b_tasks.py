@@ -162,6 +162,22 @@ class E2BTestCase(unittest.TestCase):
             (s["sandboxID"], s["metadata"]) for s in live])
         self.assertEqual(procs, [], "sandbox processes left running")
 
+    def assert_key_never_leaked(self, srv, tok, extra_secrets=()):
+        """The E2B key (canary) is in no server log line, no database row and no API answer
+        (every task's row and events are fetched first, so they are among the answers)."""
+        r = srv.request("GET", "/api/tasks?limit=500", token=tok)
+        self.assertEqual(r.status, 200, r)
+        for tid in sorted(int(k) for k in r.json["tasks"]):
+            task_row(srv, tok, tid)
+            events_of(srv, tok, tid)
+        key = self.double.key
+        log, dump, answers = srv.log_text(), db_dump(srv), srv.responses.text()
+        self.assertTrue(log and dump and answers)
+        for secret in (key, key[4:]) + tuple(extra_secrets):
+            self.assertNotIn(secret, log, "secret in the server log")
+            self.assertNotIn(secret, dump, "secret in the database")
+            self.assertNotIn(secret, answers, "secret in an API answer")
+
     def assert_clean_error(self, task, *patterns):
         err = task["error"]
         self.assertIsInstance(err, str, task)
@@ -203,6 +219,10 @@ class E2BTaskFlowTests(E2BTestCase):
                 "bash: env > env.txt", "reply: Saved from E2B."]), "octo/claude", model="claude")
         cls.task = cls.wait(cls.tid)
         cls.live_thread.join(30)
+        # All three done before the first test: each test ends by checking the double is empty.
+        cls.wait(cls.pr_tid)
+        if cls.claude_tid:
+            cls.wait(cls.claude_tid)
 
     @classmethod
     def tearDownClass(cls):
@@ -384,22 +404,9 @@ class E2BTaskFlowTests(E2BTestCase):
 
     def test_z_e2b_key_never_leaks(self):
         # Runs last in the class (alphabetical order): everything above has happened.
-        for tid in (self.tid, self.pr_tid, self.claude_tid):
-            if tid:
-                events_of(self.srv, self.tok, tid)
-                task_row(self.srv, self.tok, tid)
-        self.srv.request("GET", "/api/tasks", token=self.tok)
-        key = self.double.key
-        log = self.srv.log_text()
-        self.assertTrue(log)
-        dump = db_dump(self.srv)
-        self.assertIn("line-one", dump)  # the dump holds the events
-        answers = self.srv.responses.text()
-        self.assertIn("line-one", answers)
-        for secret in (key, key[4:], self.anthropic_key, GH_TOKEN):
-            self.assertNotIn(secret, log)
-            self.assertNotIn(secret, dump)
-            self.assertNotIn(secret, answers)
+        self.assert_key_never_leaked(self.srv, self.tok, (self.anthropic_key, GH_TOKEN))
+        self.assertIn("line-one", db_dump(self.srv))  # the dump holds the events
+        self.assertIn("line-one", self.srv.responses.text())
         # Not in the sandbox's environment either (the main script printed `env`).
         out = output_text(self.live["events"])
         self.assertIn("HOME=/home/user", out)
@@ -479,12 +486,15 @@ class E2BFaultTests(E2BTestCase):
         self.assertEqual(t["status"], "completed", t["error"])
         self.assertEqual([r["status"] for r in self.creates(mark)], [503, 201])
 
-    def check_full_output(self, tid, t, lines):
+    def check_full_output(self, tid, t, lines_wanted):
         self.assertEqual(t["status"], "completed", t["error"])
-        want = "".join("%s\n" % i for i in lines)
+        want = "".join("%s\n" % i for i in lines_wanted)
         answer = assistant_messages(t)[-1]
         self.assertTrue(answer.startswith(want), "answer %r, wanted all of %r once, in order" % (answer, want))
-        self.assertEqual(output_text(events_of(self.srv, self.tok, tid), "stdout"), want)
+        # stdout becomes one output event per line (the engine splits it), without the newline.
+        lines = [e["data"]["data"]["text"] for e in events_of(self.srv, self.tok, tid)
+                 if e["event"] == "output" and e["data"]["data"].get("stream") == "stdout"]
+        self.assertEqual(lines, [str(i) for i in lines_wanted], "output events")
 
     def test_stream_dropped_mid_run_is_reattached(self):
         # Every Start stream with at least 2 data events is cut (TCP FIN, no end-of-stream
@@ -556,6 +566,10 @@ class E2BFaultTests(E2BTestCase):
         self.assertEqual(t["status"], "failed")
         self.assert_clean_error(t, r"(?i)template", "aicode-agents")
 
+    def test_z_e2b_key_never_leaks(self):
+        # Last in the class: after every failure path above (bad key, 429, 5xx, expiry, ...).
+        self.assert_key_never_leaked(self.srv, self.tok)
+
     def test_envd_unavailable(self):
         self.double.control({"envd_down": True})
         mark = self.double.mark()
@@ -614,16 +628,28 @@ class E2BReaperTests(E2BTestCase):
         self.assertIn("killed orphaned E2B sandboxes", self.srv.log_text())
         self.double.api("DELETE", "/sandboxes/" + not_ours)
 
+    def test_z_e2b_key_never_leaks(self):
+        self.assert_key_never_leaked(self.srv, self.tok, (GH_TOKEN,))
+
     def test_create_pr_is_not_reaped(self):
         # create-pr's sandbox carries the (completed) task's id: the reaper must not kill it
         # while it clones and pushes (git_http made slow so that this spans reaper rounds).
         self.repos.server.opts["delay_ms"] = 600
+        mark = self.double.mark()
         try:
             r = self.srv.request("POST", "/api/create-pr/%d" % self.done_tid, token=self.tok,
                                  body={"github_token": GH_TOKEN}, timeout=60)
         finally:
             self.repos.server.opts["delay_ms"] = 0
-        self.assertEqual(r.status, 200, r)
+        reqs = self.double.requests(mark)
+        created = [x["sandbox_id"] for x in reqs if x["method"] == "POST" and x["path"] == "/sandboxes"]
+        self.assertEqual(len(created), 1)
+        deletes = [x for x in reqs if x["method"] == "DELETE" and x["path"] == "/sandboxes/" + created[0]]
+        first_delete = deletes[0]["seq"] if deletes else None
+        used_after = [x.get("rpc") or x["path"] for x in reqs if x.get("sandbox_id") == created[0]
+                      and x["plane"] == "envd" and first_delete and x["seq"] > first_delete]
+        self.assertEqual(r.status, 200, "%r; the sandbox was DELETEd (by the reaper: %r) while create-pr still "
+                         "used it: %s" % (r, "killed orphaned E2B sandboxes" in self.srv.log_text(), used_after))
         self.assertIn("aicode/%d" % self.done_tid, self.repos.branches("octo/demo"))
 
 

@@ -626,6 +626,7 @@ def parse_prefer(headers):
 # ---------------------------------------------------------------------------
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # otherwise every small response waits ~40 ms (Nagle + delayed ACK)
     protocol_version = "HTTP/1.1"
     server_version = "postgrest-double/12"
 

@@ -2,6 +2,8 @@
  * Unit tests for host.json (host/src/l_json.c): the C helpers directly, and the Lua API
  * through small chunks run with luaL_dostring.
  */
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <lualib.h>
@@ -320,7 +322,7 @@ static void test_strings(void)
 
     /* The fast paths (8-byte scan, run copies) against a plain per-byte escaper: every
      * ASCII byte, UTF-8 sequences and an invalid byte at every position of strings up to
-     * 40 bytes, so each lands on and across every 8-byte boundary. */
+     * 25 bytes, so each lands on and across every 8-byte boundary. */
     lua_check("string escaping matches a per-byte reference at every position",
               "local named = {[8] = '\\\\b', [9] = '\\\\t', [10] = '\\\\n', [12] = '\\\\f', "
               "  [13] = '\\\\r', [34] = '\\\\\"', [92] = '\\\\\\\\'} "
@@ -336,7 +338,7 @@ static void test_strings(void)
               "end "
               "local inserts = {'\\u{e9}', '\\u{20ac}', '\\u{1f600}', '\\u{2028}', '\\u{2029}'} "
               "for b = 0, 127 do inserts[#inserts + 1] = string.char(b) end "
-              "for len = 0, 40 do "
+              "for len = 0, 25 do "
               "  local base = string.rep('abcdefgh', 6):sub(1, len) "
               "  for pos = 0, len do "
               "    for _, ins in ipairs(inserts) do "
@@ -400,6 +402,78 @@ static void test_big(void)
               "  t['o' .. i] = u end "
               "local s = json.encode(t) local d = json.decode(s) "
               "return d.o300.k300 == 300 and json.encode(d) == s");
+}
+
+/* The float encoder before its fast path: the shortest of %.15g/%.16g/%.17g that reads
+ * back, ".0" added to integral values. */
+static void ref_float(double d, char *tmp, size_t cap)
+{
+    int n = 0, prec;
+
+    for (prec = 15; prec <= 17; prec++) {
+        n = snprintf(tmp, cap, "%.*g", prec, d);
+        if (prec == 17 || strtod(tmp, NULL) == d)
+            break;
+    }
+    if (strpbrk(tmp, ".eni") == NULL) {
+        tmp[n++] = '.';
+        tmp[n++] = '0';
+        tmp[n] = '\0';
+    }
+}
+
+static uint64_t fl_rng = 88172645463325252ULL;
+static uint64_t fl_next(void)
+{
+    fl_rng ^= fl_rng << 13;
+    fl_rng ^= fl_rng >> 7;
+    fl_rng ^= fl_rng << 17;
+    return fl_rng;
+}
+
+/* Floats print exactly as before: values with up to 3 decimals (the fast path) on both
+ * sides of its bounds, and arbitrary doubles. */
+static void test_float_text(void)
+{
+    static const double edges[] = {
+        0.001, 0.0009, 0.0011, 0.1, 0.5, 0.999, 1.0, 1.5, 2.25, 10.0, 100.001, 1e11, 1e12,
+        1e12 - 0.001, 1e12 + 0.001, 999999999999.999, 123456789012.345, 1795770363.919,
+        1795770363.9, 1795770363.0, 0.1 + 0.2, 1.0 / 3, 4503599627370496.0, 1e15, 1e16, 5e-324,
+        0.0, -0.0, -0.001, -1795770363.919, -0.5, 2.675, 1.005, 0.0005, 0.0015,
+    };
+    char want[64], err[64];
+    int bad = 0;
+    size_t nedges = sizeof(edges) / sizeof(edges[0]);
+
+    for (size_t i = 0; i < nedges + 40000 && bad < 5; i++) {
+        double d;
+        uint64_t r = fl_next();
+
+        if (i < nedges)
+            d = edges[i];
+        else if (i % 4 == 0) /* k / 1000 for k of 1..16 digits */
+            d = (double)(long long)(r % (uint64_t)pow(10, (double)(1 + r % 16))) / 1000.0;
+        else if (i % 4 == 1) /* k / 100, k / 10, k */
+            d = (double)(long long)(r >> 20) / (double)(r % 3 == 0 ? 1 : r % 3 == 1 ? 10 : 100);
+        else if (i % 4 == 2) /* near the fast path's bounds */
+            d = (r % 2 ? 1e-3 : 1e12) * (1.0 + ((double)(r >> 11) / 9007199254740992.0 - 0.5) * 1e-3);
+        else { /* any finite double */
+            memcpy(&d, &r, sizeof(d));
+            if (!isfinite(d))
+                continue;
+        }
+        if (r % 5 == 0)
+            d = -d;
+        ref_float(d, want, sizeof(want));
+        lua_pushnumber(L, d);
+        if (host_json_push_encoded(L, -1, err, sizeof(err)) != 0 ||
+            strcmp(lua_tostring(L, -1), want) != 0) {
+            bad++;
+            printf("#   %.17g: got %s, want %s\n", d, lua_tostring(L, -1), want);
+        }
+        lua_settop(L, 0);
+    }
+    ok(bad == 0, "floats encode as the shortest of %%.15g/%%.16g/%%.17g that reads back");
 }
 
 static void test_key_order(void)
@@ -709,6 +783,7 @@ int main(void)
     test_strings();
     test_types();
     test_big();
+    test_float_text();
     test_key_order();
     test_c_api();
     test_fresh_state();
