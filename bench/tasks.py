@@ -172,7 +172,8 @@ class CpuWatch:
         server = proc_ticks(self.pid) - self.s0
         own = own_ticks() - self.o0
         other = max(0, busy - server - own)
-        return {"seconds": round(dt, 2), "aicode_cores": round(server / CLK_TCK / dt, 2),
+        return {"seconds": round(dt, 2), "aicode_cpu_s": round(server / CLK_TCK, 2), "bench_cpu_s": round(own / CLK_TCK, 2),
+                "aicode_cores": round(server / CLK_TCK / dt, 2),
                 "bench_cores": round(own / CLK_TCK / dt, 2), "other_cores": round(other / CLK_TCK / dt, 2)}
 
 
@@ -466,8 +467,11 @@ def summary(res):
         for name, d in seq["steps_ms"].items():
             out.append("| Step `%s` | %s |" % (name, fmt_dist(d)))
         out += ["", "Completed: %d/%d. CPU during the phase (cores): aicode %.2f, bench client + git server %.2f, "
-                "other processes %.2f." % (seq["completed"], seq["tasks"], seq["cpu"]["aicode_cores"],
-                                           seq["cpu"]["bench_cores"], seq["cpu"]["other_cores"]), ""]
+                "other processes %.2f. CPU time per task: aicode with its sandboxed processes (bwrap, git, "
+                "bash) %.0f ms, git server (git http-backend) and bench client %.0f ms." % (
+                    seq["completed"], seq["tasks"], seq["cpu"]["aicode_cores"], seq["cpu"]["bench_cores"],
+                    seq["cpu"]["other_cores"], 1000 * seq["cpu"]["aicode_cpu_s"] / seq["tasks"],
+                    1000 * seq["cpu"]["bench_cpu_s"] / seq["tasks"]), ""]
     out += ["### %d tasks submitted at once (%d users)" % (BURST_TASKS, BURST_USERS), "",
             "| MAX_CONCURRENT_TASKS | Completed | Lost | Wall time | Tasks/s | Peak concurrency | "
             "created→completed median / p95 | Waiting median | Run median | CPU aicode / bench / other |",

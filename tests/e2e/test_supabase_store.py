@@ -254,8 +254,10 @@ class MultiHostTests(unittest.TestCase):
                 self.assertRegex(row["commit_hash"] or "", SHA1)
                 self.assertEqual(row["changed_files"], ["marker-%s.txt" % marker])
                 self.assertIsNone(row["lease_owner"])
-                # One "running" event per attempt; the witness saw at most one call per attempt.
-                self.assertEqual(statuses.count("running"), row["attempts"], statuses)
+                # At most one "running" event per attempt (a host killed between its claim
+                # and its first event leaves none); the witness saw at most one call per attempt.
+                self.assertGreaterEqual(statuses.count("running"), 1, statuses)
+                self.assertLessEqual(statuses.count("running"), row["attempts"], statuses)
                 self.assertGreaterEqual(self.witness.count(marker), 1)
                 self.assertLessEqual(self.witness.count(marker), row["attempts"])
                 if row["attempts"] == 1:

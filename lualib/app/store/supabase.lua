@@ -27,7 +27,7 @@ local null = json.null
 local _M = {}
 
 -- The newest db/supabase migration this code needs (public.schema_migrations.version).
-local SCHEMA_VERSION = "003"
+local SCHEMA_VERSION = "004"
 local SCHEMA_MISMATCH = "schema mismatch: run aicode migrate with DATABASE_URL (the database lacks migration "
     .. SCHEMA_VERSION .. " of db/supabase)"
 _M.SCHEMA_VERSION = SCHEMA_VERSION
@@ -274,6 +274,16 @@ local function rpc(name, args, opts)
     opts = opts or {}
     return request("POST", "/rpc/" .. name, { body = args or json.object(), query = opts.query,
         attempts = opts.attempts })
+end
+
+-- Rate limits shared by every host (db/supabase/004_rate_limits.sql).
+-- -> allowed, retry_after | nil, err
+function _M.rate_limit_hit(_, key, window_s, max_hits)
+    local res, err = rpc("rate_limit_hit", { key = key, window_seconds = window_s, max_hits = max_hits },
+        { attempts = 1 })
+    if type(res) ~= "table" then return nil, err or "rate limit: unexpected answer" end
+    local row = res[1] or res
+    return row.allowed == true, math.tointeger(row.retry_after) or 1
 end
 
 -- ---------------------------------------------------------------------------
