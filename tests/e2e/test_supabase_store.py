@@ -266,7 +266,12 @@ class MultiHostTests(unittest.TestCase):
                     rerun.append(tid)
                     self.assertEqual(row["attempts"], 2)
                     self.assertIn(tid, interrupted, "only a task of the killed host may run twice")
-                    self.assertIn("pending", statuses[statuses.index("running") + 1:], statuses)
+                    # re-queued after the kill: a "pending" after the first attempt's
+                    # "running", or (killed before that event) a second "pending"
+                    if statuses.count("running") == 2:
+                        self.assertIn("pending", statuses[statuses.index("running") + 1:], statuses)
+                    else:
+                        self.assertGreaterEqual(statuses.count("pending"), 2, statuses)
         # The tasks A held when it was killed were taken over, not lost.
         self.assertTrue(set(interrupted) <= set(rerun) | {t for t in interrupted if rows[t]["attempts"] == 1})
         self.assertTrue(rerun, "no task was interrupted by the kill")
@@ -407,8 +412,9 @@ class MultiHostTests(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("configuration ok", r.stdout)
         # /health of a running server says so when the schema goes missing under it.
-        row = self.stack.sql("SELECT * FROM schema_migrations WHERE version = '003'")[0]
-        self.stack.sql("DELETE FROM schema_migrations WHERE version = '003'")
+        # (the newest migration: the one the store's SCHEMA_VERSION names)
+        row = self.stack.sql("SELECT * FROM schema_migrations ORDER BY version DESC LIMIT 1")[0]
+        self.stack.sql("DELETE FROM schema_migrations WHERE version = ?", (row["version"],))
         try:
             h = self.b.request("GET", "/health")
         finally:
