@@ -20,6 +20,8 @@ smart HTTP by tests/fakes/git_http.py (in this process), against the real bin/ai
    user, MAX_CONCURRENT_TASKS=max(N, 4)), minus idle, divided by N, for each N in MEM_TASKS.
    The RSS of the sandbox processes (bwrap, bash, sleep) is reported separately.
 
+PHASES=seq,burst,mem (the default) selects the phases.
+
 Each phase runs on a fresh server. If bin/aicode dies during a phase, the crash (exit status,
 last stderr line) is recorded and the phase is tried again, ATTEMPTS times in all; the exit
 status of the script is then 1.
@@ -53,6 +55,7 @@ BURST_USERS = int(os.environ.get("BURST_USERS", "10"))
 MEM_TASKS = [int(n) for n in os.environ.get("MEM_TASKS", "4,10").split(",")]
 POLL_MS = float(os.environ.get("POLL_MS", "5"))
 ATTEMPTS = int(os.environ.get("ATTEMPTS", "3"))
+PHASES = set(os.environ.get("PHASES", "seq,burst,mem").split(","))
 QUIET_WAIT = float(os.environ.get("QUIET_WAIT", "60"))
 QUIET_MAX_CORES = float(os.environ.get("QUIET_MAX_CORES", "0.15"))
 TASK_TIMEOUT_S = 120
@@ -455,9 +458,11 @@ def summary(res):
            "%s, %s cores, load average at start `%s`, aicode sha256 `%s`." % (
                m["date"], m["nproc"], m["loadavg"], m["aicode_sha256"]),
            "Busiest other processes at start: %s." % ("; ".join(res["others_at_start"]) or "none above 1%"), ""]
-    seq = res["sequential"]
+    seq = res.get("sequential")
     out += ["### Start-task to completed, %d sequential tasks (shell agent)" % SEQ_TASKS, ""]
-    if seq.get("crashed"):
+    if seq is None:
+        out += ["(not run: PHASES)", ""]
+    elif seq.get("crashed"):
         out += [crash_note(seq), ""]
     else:
         out += ["| Measure | Median | p95 | Range |", "|---|---:|---:|---|",
@@ -476,6 +481,8 @@ def summary(res):
             "| MAX_CONCURRENT_TASKS | Completed | Lost | Wall time | Tasks/s | Peak concurrency | "
             "created→completed median / p95 | Waiting median | Run median | CPU aicode / bench / other |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    if not res["bursts"]:
+        out[-2:] = ["(not run: PHASES)"]
     for b in res["bursts"]:
         if b.get("crashed"):
             out.append("| %s | %s | | | | | | | | |" % (b["label"], crash_note(b)))
@@ -491,6 +498,8 @@ def summary(res):
             "| Tasks running `sleep 5` | aicode idle RSS | aicode RSS while running | Per task | "
             "After they finished | Sandbox processes (all) | Sandbox per task |",
             "|---:|---:|---:|---:|---:|---:|---:|"]
+    if not res["memory"]:
+        out[-3:] = ["(not run: PHASES)"]
     for mem in res["memory"]:
         if mem.get("crashed"):
             out.append("| %d | %s | | | | | |" % (mem["tasks"], crash_note(mem)))
@@ -541,16 +550,17 @@ def main():
     log("machine: %s" % res["machine"])
     base_env = {"RATE_LIMIT_PER_MINUTE": "0", "RATE_LIMIT_IP_PER_MINUTE": "0"}
     try:
-        res["sequential"] = run_phase(repos, dict(base_env), lambda srv: phase_sequential(srv, repos, url),
-                                      "phase 1: %d sequential tasks" % SEQ_TASKS)
+        if "seq" in PHASES:
+            res["sequential"] = run_phase(repos, dict(base_env), lambda srv: phase_sequential(srv, repos, url),
+                                          "phase 1: %d sequential tasks" % SEQ_TASKS)
         res["bursts"] = []
-        for label, env in (("4 (default)", {}), ("8", {"MAX_CONCURRENT_TASKS": "8"})):
+        for label, env in (("4 (default)", {}), ("8", {"MAX_CONCURRENT_TASKS": "8"})) if "burst" in PHASES else ():
             b = run_phase(repos, dict(base_env, **env), lambda srv: phase_burst(srv, url, label),
                           "phase 2: burst of %d, MAX_CONCURRENT_TASKS=%s" % (BURST_TASKS, label))
             b["label"] = label
             res["bursts"].append(b)
         res["memory"] = []
-        for n in MEM_TASKS:
+        for n in MEM_TASKS if "mem" in PHASES else ():
             m = run_phase(repos, dict(base_env, MAX_CONCURRENT_TASKS=str(max(n, 4))),
                           lambda srv: phase_memory(srv, url, n), "phase 3: memory with %d tasks running" % n)
             m["tasks"] = n
@@ -565,7 +575,7 @@ def main():
         f.write(text)
     print(text)
     log("raw results: %s" % os.path.relpath(out_dir, ROOT))
-    seq = res["sequential"]
+    seq = res.get("sequential") or {"completed": SEQ_TASKS}
     ok = (not seq.get("crashed") and seq["completed"] == SEQ_TASKS and not any(
         m.get("crashes") for m in res["memory"]) and all(
         not b.get("crashes") and b["completed"] == b["tasks"] and b["listed_once"] and b["distinct_ids"] == b["tasks"]

@@ -265,18 +265,23 @@ function _M.upload(sb, path, content)
     return true
 end
 
-function _M.download(sb, path)
+-- -> content (from byte `offset` when given) | nil, err
+function _M.download(sb, path, offset)
     local res, err = host.http.request {
         method = "GET",
         url = envd_base(sb) .. "/files?path=" .. urlencode(path) .. "&username=user",
-        headers = envd_headers(sb),
+        headers = envd_headers(sb, offset and offset > 0 and { Range = "bytes=" .. offset .. "-" } or nil),
         timeout_ms = 60000,
         max_body = 64 * 1024 * 1024,
         allow_http = envd_allow_http(),
     }
     if not res then return nil, "E2B file download failed (" .. err .. ")" end
     if res.status == 404 then return nil, "not found" end
-    if res.status ~= 200 then return nil, "E2B file download failed (HTTP " .. res.status .. ")" end
+    if res.status == 416 then return "" end -- nothing past the offset yet
+    if res.status == 200 and offset and offset > 0 then return res.body:sub(offset + 1) end -- Range ignored
+    if res.status ~= 200 and res.status ~= 206 then
+        return nil, "E2B file download failed (HTTP " .. res.status .. ")"
+    end
     return res.body
 end
 

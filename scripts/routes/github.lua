@@ -83,7 +83,7 @@ end
 
 -- Applies the patch on a fresh clone of the base branch and pushes the PR branch.
 local function push_branch(task, token, branch)
-    local sandbox, err = sandbox_mod.provider().create { task_id = task.id, user_id = task.user_id }
+    local sandbox, err = sandbox_mod.provider().create { task_id = task.id, user_id = task.user_id, purpose = "pr" }
     if not sandbox then errors.raise(503, "Cannot create a sandbox: " .. tostring(err)) end
     local ok, perr = pcall(function()
         local cloned, cerr = git.clone(sandbox, task.repo_url, task.target_branch, token, config.get().clone_timeout)

@@ -44,6 +44,7 @@ function _M.create(opts)
     local s = config.get()
     local sb, err = e2b.create(s.e2b_template, TTL_S, {
         app = "aicode", task_id = tostring(opts.task_id), user_id = tostring(opts.user_id),
+        purpose = opts.purpose or "task",
     })
     if not sb then return nil, err end
     local self = setmetatable({
@@ -141,6 +142,28 @@ function sandbox_mt:exec(opts)
         collect(stream == "stdout" and out or errb, bytes)
         if opts.on_output then opts.on_output(stream, bytes) end
     end
+    local files = { stdout = env.AICODE_OUT, stderr = env.AICODE_ERR }
+    -- After a drop the output comes from the files instead of the stream (Connect
+    -- replays nothing, so a stream alone would leave a gap): read from where we
+    -- were, in order, exactly once.
+    local from_files, poller = false, nil -- poller: nil | "running" | "stopping" | "stopped"
+    local function catch_up()
+        for _, stream in ipairs({ "stdout", "stderr" }) do
+            local more = e2b.download(self.sb, files[stream], seen[stream])
+            if more and more ~= "" then on_data(stream, more) end
+        end
+    end
+    local function start_polling()
+        if poller then return end
+        poller = "running"
+        host.spawn(function()
+            while poller == "running" and not self.destroyed do
+                catch_up()
+                host.sleep(0.3)
+            end
+            poller = "stopped"
+        end)
+    end
     local timeout_ms = opts.timeout_s and opts.timeout_s * 1000 or 0
     local st, code, msg = e2b.open_stream(self.sb, "process.Process/Start", {
         process = { cmd = "/bin/bash", args = args, envs = env, cwd = opts.cwd or "/home/user" },
@@ -149,37 +172,45 @@ function sandbox_mt:exec(opts)
     }, timeout_ms)
     if not st then return nil, "E2B could not start the command: " .. tostring(code) .. " " .. tostring(msg) end
     local result, rcode, rmsg
-    local dropped = false
     for attempt = 0, MAX_RECONNECTS do
         result, rcode, rmsg = e2b.follow(st, {
             on_start = function(pid) self.pids[tag] = pid end,
-            on_data = on_data,
+            on_data = function(stream, bytes) if not from_files then on_data(stream, bytes) end end,
         })
-        if result or rcode ~= "dropped" or self.destroyed then break end
-        -- The stream dropped but the process keeps running in the sandbox: re-attach.
-        dropped = true
+        -- A dropped stream, or envd/its proxy ending it as unavailable: the process
+        -- keeps running in the sandbox; re-attach to learn when it ends.
+        local reattach = rcode == "dropped" or rcode == "unavailable"
+        if result or not reattach or self.destroyed or self.killed then break end
+        if not from_files then
+            from_files = true
+            start_polling()
+        end
         if attempt == MAX_RECONNECTS then break end
-        host.sleep(math.min(2 ^ attempt, 10))
+        host.sleep(math.min(2 ^ attempt * 0.5, 5))
         st, rcode, rmsg = e2b.open_stream(self.sb, "process.Process/Connect", { process = { tag = tag } }, 0)
         if not st then break end
     end
     self.pids[tag] = nil
-    if not result and (rcode == "not_found" or rcode == "dropped" or rcode == "unavailable") and not self.destroyed then
+    if not result and (rcode == "not_found" or rcode == "dropped" or rcode == "unavailable")
+        and not self.destroyed and not self.killed then
         -- The process ended while we were away (envd keeps exits only 30 s): the
-        -- exit code and the output are in the files.
+        -- exit code is in its file.
         local exit_text = e2b.download(self.sb, env.AICODE_EXIT)
         if exit_text then
             result = { exit_code = math.tointeger(tonumber(exit_text:match("%d+"))) }
-            dropped = true
+            from_files = true
         end
     end
-    if dropped then
-        -- Whatever the streams missed is in the files: hand over the rest, in order.
-        for _, stream in ipairs({ "stdout", "stderr" }) do
-            local path = stream == "stdout" and env.AICODE_OUT or env.AICODE_ERR
-            local text = e2b.download(self.sb, path)
-            if text and #text > seen[stream] then on_data(stream, text:sub(seen[stream] + 1)) end
+    if from_files then
+        -- stop the poller, then read what is left, once
+        if poller == "running" then poller = "stopping" end
+        local waited = 0
+        while poller == "stopping" and waited < 200 do
+            host.sleep(0.05)
+            waited = waited + 1
         end
+        from_files = false
+        catch_up()
     end
     out.size, errb.size = nil, nil
     if not result then
@@ -227,7 +258,10 @@ function _M.reap(task_status)
         local meta = type(sb.metadata) == "table" and sb.metadata or {}
         local task_id = math.tointeger(tonumber(meta.task_id or ""))
         local status = task_id and task_status(task_id)
-        if status ~= "running" then
+        -- Only a task run's sandbox is tied to its task's status; others (a pull
+        -- request being pushed for a finished task) live on their short TTL.
+        local is_run = meta.purpose == nil or meta.purpose == "task"
+        if is_run and status ~= "running" then
             e2b.kill(sb.sandboxID)
             killed = killed + 1
         end
