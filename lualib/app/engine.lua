@@ -18,7 +18,14 @@ local _M = {}
 -- Identifies this VM's leases; a reload gets a new one, and the old VM keeps
 -- renewing the leases of the runs it still has.
 local OWNER = "aicode-" .. host.random_hex(6)
-local POLL_S, WATCH_S, RECOVER_EVERY_S = 0.2, 0.5, 2
+local POLL_S, WAKE_CHECK_S, WATCH_S, RECOVER_EVERY_S = 0.2, 0.02, 0.5, 2
+
+-- start-task (on any worker of this process) bumps this counter, so the engine
+-- claims at once instead of at its next poll; other hosts find the task by polling.
+local WAKE_KEY = "engine:wake"
+function _M.wake()
+    host.shared.incr(WAKE_KEY, 1, 86400)
+end
 
 local function log(level, msg, fields)
     host.log(level, msg, fields)
@@ -178,7 +185,12 @@ local function loop()
             if not claimed then break end
             host.spawn(run_task, claimed.id)
         end
-        host.sleep(POLL_S)
+        -- Sleep until the next poll, or until a start-task in this process wakes us.
+        local seen, slept = host.shared.get(WAKE_KEY), 0
+        while slept < POLL_S and host.shared.get(WAKE_KEY) == seen do
+            host.sleep(WAKE_CHECK_S)
+            slept = slept + WAKE_CHECK_S
+        end
     end
     log("info", "engine loop handed over to the reloaded scripts", { owner = OWNER })
 end

@@ -83,6 +83,13 @@ function _M:step(name, fn)
             error(res, 0)
         end
         if self.aborted then error({ aborted = self.aborted }, 0) end
+        -- A step whose command hit the run's own deadline failed because the task
+        -- timed out: say that, not the step's reason (which races the watchdog).
+        if host.monotonic_ms() >= self.deadline_ms - 1000 then
+            self.aborted = "timeout"
+            self:emit("step", { name = name, state = "aborted", duration_ms = duration })
+            error({ aborted = "timeout" }, 0)
+        end
         self:emit("step", { name = name, state = "failed", duration_ms = duration })
         error({ step = name, message = self:sanitize(type(res) == "string" and res or tostring(res)) }, 0)
     end

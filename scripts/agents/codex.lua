@@ -66,6 +66,12 @@ function _M.parse(state, line)
         state.usage = msg.usage
     elseif msg.type == "turn.failed" or msg.type == "error" then
         local e = type(msg.error) == "table" and msg.error.message or msg.message
+        -- Codex often wraps the API's own JSON error in its message: show its text.
+        if type(e) == "string" and e:match("^%s*{") then
+            local inner = util.decode_line(e:match("^%s*(.-)%s*$"))
+            local m = inner and (type(inner.error) == "table" and inner.error.message or inner.message)
+            if type(m) == "string" then e = m end
+        end
         state.error = type(e) == "string" and util.clip(e:sub(1, 300)) or "unknown error"
         events[#events + 1] = { type = "error", data = { message = state.error } }
     end

@@ -3,6 +3,7 @@
 -- owner-scoped (another user's task is a 404).
 local host = require "host"
 local agents = require "app.agents"
+local engine = require "app.engine"
 local errors = require "app.errors"
 local git = require "app.git"
 local store = require "app.store"
@@ -78,6 +79,7 @@ function _M.start(req)
     if created then
         if token then host.vault.put("github_token:" .. task.id, token, TOKEN_TTL_S) end
         store:add_event(task.id, "status", { status = "pending" })
+        engine.wake()
     end
     return 200, { status = "success", task_id = task.id, message = "Task started successfully" }
 end
@@ -162,6 +164,7 @@ function _M.chat(req)
     if not task then errors.not_found("Task not found") end
     if token then host.vault.put("github_token:" .. task.id, token, TOKEN_TTL_S) end
     store:add_event(task.id, "status", { status = "pending", followup = true })
+    engine.wake()
     return 200, { status = "success", task = task }
 end
 

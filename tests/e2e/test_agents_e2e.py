@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -191,9 +190,6 @@ class Stack:
 
     def model(self, agent):
         return self.anthropic if agent == "claude" else self.openai
-
-    def model_key(self, agent):
-        return self.anthropic_key if agent == "claude" else self.openai_key
 
     def model_log(self, agent):
         path = self.anthropic_log if agent == "claude" else self.openai_log
@@ -719,10 +715,11 @@ class HungModelTimeoutTests(unittest.TestCase):
 # -- the host under many concurrent runs ----------------------------------------------------------------
 
 class HostSurvivesConcurrentRunsTests(unittest.TestCase):
-    """Found while benchmarking (bench/tasks.py): with MAX_CONCURRENT_TASKS=8, a burst of short
-    tasks crashes bin/aicode (SIGSEGV or "double free or corruption" in host/src/l_process.c,
-    on_pidfd_readable -> proc_maybe_free). The agent runs above hit the same code path, so this
-    regression check uses the `shell` agent, which needs no model, to make it quick."""
+    """Regression test, found while benchmarking (bench/tasks.py): with MAX_CONCURRENT_TASKS=8 a
+    burst of short tasks crashed bin/aicode within a second (SIGSEGV, or "double free or
+    corruption"). In host/src/l_process.c, on_pidfd_readable called proc_maybe_free(p) after
+    wake_waiter(p) had resumed Lua, whose GC could already have freed p through l_gc (fixed by
+    the `busy` guard). Agent runs use the same code path; the `shell` agent keeps this quick."""
 
     def test_burst_of_tasks_with_eight_concurrent_runs(self):
         repos = GitRepos()
