@@ -103,6 +103,9 @@ local function read()
         file_bytes = int_setting("SANDBOX_FILE_MB", 1024, 1, 1048576, problems) * 1024 * 1024,
     }
     s.task_timeout = int_setting("TASK_TIMEOUT", 1800, 5, 86400, problems)
+    -- ENGINE=off: an API-only host (it queues tasks; other hosts sharing the store run them).
+    s.engine = env("ENGINE", "on")
+    if s.engine ~= "on" and s.engine ~= "off" then problems[#problems + 1] = "ENGINE must be 'on' or 'off'" end
     s.clone_timeout = int_setting("CLONE_TIMEOUT", 300, 5, 86400, problems)
     s.max_concurrent_tasks = int_setting("MAX_CONCURRENT_TASKS", 4, 1, 1000, problems)
     s.max_tasks_per_user = int_setting("MAX_TASKS_PER_USER", 2, 1, 1000, problems)

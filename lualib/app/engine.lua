@@ -197,7 +197,7 @@ end
 
 -- Called by app.server.start on each worker; the engine runs on worker 0.
 function _M.start(worker_index)
-    if worker_index ~= 0 then return end
+    if worker_index ~= 0 or config.get().engine == "off" then return end
     if config.get().sandbox_provider == "local" then
         host.spawn(function()
             local ok, err = require("app.sandbox.local").self_test()

@@ -60,19 +60,18 @@ end
 
 -- Returns {commit_hash, git_diff, git_patch, changed_files, file_changes, changed}
 -- or nil, err.
+-- Stage everything, commit if anything changed (the message on stdin: a prompt
+-- is never part of an argv), print HEAD: one sandboxed process.
+local COMMIT_SCRIPT = [[
+git add -A
+if [ -n "$(git status --porcelain -z)" ]; then
+    git commit -q --no-verify -F -
+fi
+git rev-parse HEAD
+]]
+
 function _M.capture(sandbox, base, message)
-    local ok, err = git.run(sandbox, { "add", "-A" })
-    if not ok then return nil, err end
-    local status
-    status, err = git.run(sandbox, { "status", "--porcelain", "-z" })
-    if not status then return nil, err end
-    if status ~= "" then
-        -- The message goes through stdin (-F -): a prompt is never part of an argv.
-        ok, err = git.run(sandbox, { "commit", "-q", "--no-verify", "-F", "-" }, { stdin = message })
-        if not ok then return nil, err end
-    end
-    local head
-    head, err = git.run(sandbox, { "rev-parse", "HEAD" })
+    local head, err = git.script(sandbox, "git commit", COMMIT_SCRIPT, {}, { stdin = message })
     if not head then return nil, err end
     head = head:gsub("%s+$", "")
     if head == base then

@@ -26,13 +26,10 @@ end
 
 function _M.clone(run)
     local t = run.task
-    local ok, err = git.clone(run.sandbox, t.repo_url, t.target_branch, run.github_token,
+    local base, err = git.clone(run.sandbox, t.repo_url, t.target_branch, run.github_token,
         math.min(config.get().clone_timeout, run:remaining_s()))
-    if not ok then return nil, err end
-    local base
-    base, err = git.run(run.sandbox, { "rev-parse", "HEAD" })
     if not base then return nil, err end
-    run.base_commit = base:gsub("%s+$", "")
+    run.base_commit = base
     return true
 end
 

@@ -65,7 +65,8 @@ function sandbox_mt:bwrap_argv(opts)
     local tools = tools_root()
     local argv = {
         tools .. "/sandbox/launch.sh", self.name,
-        tostring(self.limits.memory_bytes), tostring(self.limits.pids), tostring(SANDBOX_HOST_UID),
+        opts.light and "0" or tostring(self.limits.memory_bytes), opts.light and "0" or tostring(self.limits.pids),
+        tostring(SANDBOX_HOST_UID),
         "bwrap",
         "--unshare-user", "--uid", "1000", "--gid", "1000",
         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
