@@ -113,8 +113,8 @@ int host_config_read(char *problems, size_t problems_len)
     c->dev = strcmp(env_str("AICODE_DEV", "0"), "1") == 0;
     c->max_body = (size_t)env_int("MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20, problems, problems_len,
                                   &nproblems);
-    c->proxy_timeout_ms = (uint64_t)env_int("MODEL_PROXY_TIMEOUT_MS", 600000, 1000, 3600000, problems,
-                                            problems_len, &nproblems);
+    c->proxy_timeout_ms = (uint64_t)env_int("MODEL_PROXY_TIMEOUT_MS", 600000, 1000, 3600000,
+                                            problems, problems_len, &nproblems);
     c->max_header_count =
         (int)env_int("MAX_HEADER_COUNT", 64, 8, 100, problems, problems_len, &nproblems);
     c->max_header_bytes =

@@ -553,7 +553,8 @@ int host_open_core(lua_State *L)
     luaL_newlib(L, funcs);
     luaL_newlib(L, shared);
     lua_setfield(L, -2, "shared");
-    static const luaL_Reg vault_funcs[] = {{"put", l_vault_put}, {"take", l_vault_take}, {"get", l_vault_get}, {NULL, NULL}};
+    static const luaL_Reg vault_funcs[] = {
+        {"put", l_vault_put}, {"take", l_vault_take}, {"get", l_vault_get}, {NULL, NULL}};
     luaL_newlib(L, vault_funcs);
     lua_setfield(L, -2, "vault");
     lua_createtable(L, 0, 6);

@@ -448,7 +448,8 @@ static http_op_t *op_setup(lua_State *L, host_worker_t *w, int stream)
             if (lua_type(L, -2) != LUA_TSTRING ||
                 (value == NULL && lua_type(L, -1) != LUA_TSTRING)) {
                 op_free(op);
-                luaL_error(L, "http.request: header names must be strings, values strings or secrets");
+                luaL_error(L,
+                           "http.request: header names must be strings, values strings or secrets");
             }
             const char *name = lua_tolstring(L, -2, &nlen);
             if (value == NULL)
@@ -736,8 +737,10 @@ static int l_stream_close(lua_State *L)
 
 int host_open_http(lua_State *L)
 {
-    static const luaL_Reg methods[] = {
-        {"headers", l_stream_headers}, {"read", l_stream_read}, {"close", l_stream_close}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"headers", l_stream_headers},
+                                       {"read", l_stream_read},
+                                       {"close", l_stream_close},
+                                       {NULL, NULL}};
     if (luaL_newmetatable(L, STREAM_MT)) {
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");
@@ -749,7 +752,8 @@ int host_open_http(lua_State *L)
         lua_setfield(L, -2, "__metatable");
     }
     lua_pop(L, 1);
-    static const luaL_Reg funcs[] = {{"request", l_http_request}, {"stream", l_http_stream}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {
+        {"request", l_http_request}, {"stream", l_http_stream}, {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;
 }

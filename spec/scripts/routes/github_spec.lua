@@ -139,7 +139,9 @@ describe("routes.github", function()
                     end
                     local r = results and results[sub]
                     if type(r) == "function" then return r(o) end
-                    return r or { code = 0, stdout = "", stderr = "" }
+                    -- a clone prints the commit it checked out (git.clone runs rev-parse after it)
+                    local sha = sub == "clone" and (string.rep("a", 40) .. "\n") or ""
+                    return r or { code = 0, stdout = sha, stderr = "" }
                 end
                 function sb.destroy(self) self.destroyed = true end
                 sandboxes[#sandboxes + 1] = sb
