@@ -90,6 +90,8 @@ local function read()
     s.e2b_sandbox_url = env("E2B_SANDBOX_URL") and (env("E2B_SANDBOX_URL"):gsub("/+$", ""))
     s.e2b_template = env("E2B_TEMPLATE", "base")
     s.e2b_reap_interval = int_setting("E2B_REAP_INTERVAL_S", 60, 1, 86400, problems)
+    -- Tags this deployment's sandboxes: the reaper never touches another one's.
+    s.e2b_deployment = env("E2B_DEPLOYMENT", "aicode")
     -- The CLI versions pinned in tools/agents/package.json (a spec checks they match).
     s.agent_versions = { ["@anthropic-ai/claude-code"] = "2.1.197", ["@openai/codex"] = "0.171.0" }
     s.sandbox_network = env("SANDBOX_NETWORK", "on")

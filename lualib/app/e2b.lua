@@ -95,7 +95,15 @@ local function urlencode(s)
     return (s:gsub("[^%w%-_%.~]", function(c) return string.format("%%%02X", c:byte()) end))
 end
 
--- Sandboxes whose metadata matches every key of `metadata`.
+-- true when the sandbox still exists, false when E2B says it does not, nil on error.
+function _M.exists(id)
+    local status = api("GET", "/sandboxes/" .. id)
+    if status == 200 then return true end
+    if status == 404 then return false end
+    return nil
+end
+
+-- Sandboxes whose metadata matches every key of `metadata` (the first 100).
 function _M.list(metadata)
     local q = {}
     for k, v in pairs(metadata) do q[#q + 1] = k .. "=" .. v end

@@ -34,6 +34,7 @@ from fakes.tasks_kit import (SHA1, GitRepos, assistant_messages, db_dump, git_ht
 from harness import new_user
 
 import anthropic_api  # noqa: E402  (tests/fakes, on sys.path through tasks_kit)
+import openai_api  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CLAUDE_BIN = os.path.join(ROOT, "tools", "agents", "node_modules", ".bin", "claude")
@@ -207,34 +208,43 @@ class E2BTaskFlowTests(E2BTestCase):
         cls.anthropic_key = "sk-ant-CANARY" + uuid.uuid4().hex
         cls.anthropic_log = os.path.join(cls.tmp, "anthropic.jsonl")
         cls.anthropic, _, _ = anthropic_api.start(api_keys=[cls.anthropic_key], log=cls.anthropic_log)
+        cls.openai_key = "sk-openai-CANARY" + uuid.uuid4().hex
+        cls.openai_log = os.path.join(cls.tmp, "openai.jsonl")
+        cls.openai, _, _ = openai_api.start(api_keys=[cls.openai_key], log=cls.openai_log)
         cls.repos = GitRepos(require_token=[GH_TOKEN])
         cls.repos.make("octo/demo", FILES, binary=True, executable=True)
         cls.repos.make("octo/pr", FILES)
         cls.repos.make("octo/claude", {"README.md": "claude\n"})
+        cls.repos.make("octo/codex", {"README.md": "codex\n"})
         cls.gh, _, _ = github_api.start(root=cls.repos.root, tokens={GH_TOKEN: "octocat"})
         cls.srv = e2b_task_server(cls.double, cls.repos, env={
             "ANTHROPIC_API_KEY": cls.anthropic_key, "ANTHROPIC_BASE_URL": cls.anthropic.url,
+            "OPENAI_API_KEY": cls.openai_key, "OPENAI_BASE_URL": cls.openai.url + "/v1",
             "GITHUB_API_URL": cls.gh.url, "MAX_CONCURRENT_TASKS": "8", "MAX_TASKS_PER_USER": "8"})
         cls.tok = cls.srv.token(new_user())
         # The main task (events followed live), the PR task and the claude task run side by side.
         cls.tid = cls.start(MAIN_SCRIPT, "octo/demo")
         cls.live_thread, cls.live = follow_events(cls.srv, cls.tok, cls.tid)
         cls.pr_tid = cls.start("echo changed > README.md\necho new > new.txt\nrm gone.txt\n", "octo/pr")
-        cls.claude_tid = None
+        cls.claude_tid = cls.codex_tid = None
         if os.path.exists(CLAUDE_BIN):
             cls.claude_tid = cls.start("\n".join([
                 "Please save the environment.", "write hello.txt: hello from claude in e2b",
                 "bash: env > env.txt", "reply: Saved from E2B."]), "octo/claude", model="claude")
+            cls.codex_tid = cls.start("\n".join([
+                "write hello.txt: hello from codex in e2b", "reply: Codex saved from E2B."]),
+                "octo/codex", model="codex")
         cls.task = cls.wait(cls.tid)
         cls.live_thread.join(30)
         # All three done before the first test: each test ends by checking the double is empty.
         cls.wait(cls.pr_tid)
         if cls.claude_tid:
             cls.wait(cls.claude_tid)
+            cls.wait(cls.codex_tid)
 
     @classmethod
     def tearDownClass(cls):
-        for what in ("srv", "double", "anthropic", "gh", "repos"):
+        for what in ("srv", "double", "anthropic", "openai", "gh", "repos"):
             try:
                 getattr(cls, what).close()
             except Exception:
@@ -379,6 +389,23 @@ class E2BTaskFlowTests(E2BTestCase):
         pushes = [x for x in self.repos.requests() if x.get("service") == "receive-pack" and x.get("status") == 200]
         self.assertTrue(pushes)
         self.assertNotIn(GH_TOKEN, r.body)
+
+    def test_codex_agent_through_the_model_proxy(self):
+        self.assertIsNotNone(self.codex_tid, "tools/agents is not installed (make agents)")
+        t = self.wait(self.codex_tid)
+        self.assertEqual(t["status"], "completed", t["error"])
+        self.assertEqual(assistant_messages(t), ["Codex saved from E2B."])
+        self.assertEqual(t["changed_files"], ["hello.txt"])
+        self.assertIn("+hello from codex in e2b", t["git_diff"])
+        self.assertEqual(t["container_id"][:4], "e2b:")
+        # The fake OpenAI API got every model request with the real key, swapped in by the proxy.
+        with open(self.openai_log) as f:
+            reqs = [json.loads(l) for l in f if l.strip()]
+        posts = [r for r in reqs if r["method"] == "POST" and r["path"].endswith("/responses")]
+        self.assertGreaterEqual(len(posts), 2)
+        for r in posts:
+            self.assertEqual(r["headers"].get("authorization"), "Bearer " + self.openai_key)
+        self.assertNotIn(self.openai_key, json.dumps(t))
 
     def test_claude_agent_through_the_model_proxy(self):
         if self.claude_tid is None:
@@ -620,9 +647,12 @@ class E2BReaperTests(E2BTestCase):
         running = wait_until(lambda: self.double.for_task(tid), timeout=10)
         self.assertTrue(running)
         run_sid = running[0]["sandboxID"]
-        finished = self.double.create({"app": "aicode", "task_id": str(self.done_tid), "user_id": "u"})
-        unknown = self.double.create({"app": "aicode", "task_id": "987654", "user_id": "u"})
+        # (E2B_DEPLOYMENT defaults to "aicode": the reaper only looks at its own deployment)
+        finished = self.double.create({"app": "aicode", "deployment": "aicode", "task_id": str(self.done_tid),
+                                       "user_id": "u"})
+        unknown = self.double.create({"app": "aicode", "deployment": "aicode", "task_id": "987654", "user_id": "u"})
         not_ours = self.double.create({"app": "someone-else", "task_id": str(self.done_tid)})
+        other_deployment = self.double.create({"app": "aicode", "deployment": "staging", "task_id": "987654"})
         t0 = time.time()
         gone = wait_until(lambda: not ({finished, unknown} & set(self.double.live_ids())), timeout=5)
         self.assertTrue(gone, "orphans still running after 5 s: %s" % self.double.live_ids())
@@ -632,11 +662,13 @@ class E2BReaperTests(E2BTestCase):
         live = self.double.live_ids()
         self.assertIn(run_sid, live, "the running task's sandbox was reaped")
         self.assertIn(not_ours, live, "a sandbox not tagged app=aicode was killed")
+        self.assertIn(other_deployment, live, "another deployment's sandbox was killed")
         t = wait_task(self.srv, self.tok, tid, timeout=20)
         self.assertEqual(t["status"], "completed", t["error"])
         self.assertIn("finished", assistant_messages(t)[-1])
         self.assertIn("killed orphaned E2B sandboxes", self.srv.log_text())
         self.double.api("DELETE", "/sandboxes/" + not_ours)
+        self.double.api("DELETE", "/sandboxes/" + other_deployment)
 
     def test_z_e2b_key_never_leaks(self):
         self.assert_key_never_leaked(self.srv, self.tok, (GH_TOKEN,))

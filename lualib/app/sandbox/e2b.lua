@@ -43,8 +43,8 @@ esac
 function _M.create(opts)
     local s = config.get()
     local sb, err = e2b.create(s.e2b_template, TTL_S, {
-        app = "aicode", task_id = tostring(opts.task_id), user_id = tostring(opts.user_id),
-        purpose = opts.purpose or "task",
+        app = "aicode", deployment = s.e2b_deployment, task_id = tostring(opts.task_id),
+        user_id = tostring(opts.user_id), purpose = opts.purpose or "task",
     })
     if not sb then return nil, err end
     local self = setmetatable({
@@ -165,12 +165,19 @@ function sandbox_mt:exec(opts)
         end)
     end
     local timeout_ms = opts.timeout_s and opts.timeout_s * 1000 or 0
-    local st, code, msg = e2b.open_stream(self.sb, "process.Process/Start", {
-        process = { cmd = "/bin/bash", args = args, envs = env, cwd = opts.cwd or "/home/user" },
-        tag = tag,
-        stdin = false,
-    }, timeout_ms)
-    if not st then return nil, "E2B could not start the command: " .. tostring(code) .. " " .. tostring(msg) end
+    -- A transient envd/proxy hiccup (unavailable) is retried before giving up.
+    local st, code, msg
+    for attempt = 1, 3 do
+        st, code, msg = e2b.open_stream(self.sb, "process.Process/Start", {
+            process = { cmd = "/bin/bash", args = args, envs = env, cwd = opts.cwd or "/home/user" },
+            tag = tag,
+            stdin = false,
+        }, timeout_ms)
+        if st or code ~= "unavailable" or attempt == 3 then break end
+        host.sleep(0.5 * 2 ^ (attempt - 1))
+    end
+    if not st then return nil, self:explain("E2B could not start the command: " .. tostring(code) .. " " ..
+        tostring(msg)) end
     local result, rcode, rmsg
     for attempt = 0, MAX_RECONNECTS do
         result, rcode, rmsg = e2b.follow(st, {
@@ -220,9 +227,18 @@ function sandbox_mt:exec(opts)
         if self.killed then
             return { code = nil, signal = 9, stdout = table.concat(out), stderr = table.concat(errb) }
         end
-        return nil, "E2B command failed: " .. tostring(rcode) .. " " .. tostring(rmsg)
+        return nil, self:explain("E2B command failed: " .. tostring(rcode) .. " " .. tostring(rmsg))
     end
     return { code = result.exit_code, stdout = table.concat(out), stderr = table.concat(errb) }
+end
+
+-- A failure's text, made clear when the reason is that the sandbox is gone.
+function sandbox_mt:explain(text)
+    if e2b.exists(self.sb.id) == false then
+        self.gone = true
+        return "the E2B sandbox expired or was killed (" .. text .. ")"
+    end
+    return text
 end
 
 function sandbox_mt:write_file(path, content)
@@ -251,7 +267,8 @@ end
 
 -- The orphan reaper: E2B sandboxes tagged by aicode whose task is not running.
 function _M.reap(task_status)
-    local list, err = e2b.list({ app = "aicode" })
+    -- Only this deployment's sandboxes: another one sharing the E2B key has its own tasks.
+    local list, err = e2b.list({ app = "aicode", deployment = config.get().e2b_deployment })
     if not list then return nil, err end
     local killed = 0
     for _, sb in ipairs(list) do
