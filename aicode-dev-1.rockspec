@@ -49,6 +49,7 @@ build = {
         ["app.agent_util"] = "lualib/app/agent_util.lua",
         ["app.agents"] = "lualib/app/agents.lua",
         ["app.auth"] = "lualib/app/auth.lua",
+        ["app.chat"] = "lualib/app/chat.lua",
         ["app.cli"] = "lualib/app/cli.lua",
         ["app.config"] = "lualib/app/config.lua",
         ["app.cors"] = "lualib/app/cors.lua",

@@ -567,6 +567,17 @@ static int push_stream_error(lua_State *L, http_op_t *op)
     return 2;
 }
 
+/* Pushes the buffered bytes (and resumes a transfer paused on a full buffer). */
+static void push_stream_chunk(lua_State *L, http_op_t *op)
+{
+    lua_pushlstring(L, op->body, op->body_len);
+    op->body_len = 0;
+    if (op->paused) {
+        op->paused = 0;
+        curl_easy_pause(op->easy, CURLPAUSE_CONT);
+    }
+}
+
 static void on_stream_wake(host_timer_t *timer)
 {
     http_op_t *op = timer->data;
@@ -587,12 +598,7 @@ static void on_stream_wake(host_timer_t *timer)
         }
     } else {
         if (op->body_len != 0) {
-            lua_pushlstring(L, op->body, op->body_len);
-            op->body_len = 0;
-            if (op->paused) {
-                op->paused = 0;
-                curl_easy_pause(op->easy, CURLPAUSE_CONT);
-            }
+            push_stream_chunk(L, op);
             n = 1;
         } else if (op->done) {
             if (op->result == CURLE_OK) {
@@ -686,12 +692,7 @@ static int l_stream_read(lua_State *L)
 {
     http_op_t *op = check_stream(L);
     if (op->body_len != 0) {
-        lua_pushlstring(L, op->body, op->body_len);
-        op->body_len = 0;
-        if (op->paused) {
-            op->paused = 0;
-            curl_easy_pause(op->easy, CURLPAUSE_CONT);
-        }
+        push_stream_chunk(L, op);
         return 1;
     }
     if (op->done) {

@@ -6,6 +6,7 @@
 -- are recovered: the task is re-queued, or failed once its attempts are used up,
 -- and its sandbox's leftovers are removed.
 local host = require "host"
+local chat = require "app.chat"
 local config = require "app.config"
 local run_mod = require "app.run"
 local store = require "app.store"
@@ -66,16 +67,6 @@ local function recover()
     end
 end
 
--- Latest user message and the conversation before it.
-local function prompt_of(task)
-    local messages = task.chat_messages or {}
-    local last, history = nil, {}
-    for i, m in ipairs(messages) do
-        if m.role == "user" then last = i end
-    end
-    for i = 1, (last or 1) - 1 do history[#history + 1] = messages[i] end
-    return last and messages[last].content or "", history, #history > 0
-end
 
 local function finish(run, outcome, err)
     local s = config.get()
@@ -134,7 +125,7 @@ local function run_task(id)
         timeout_s = s.task_timeout,
         github_token = host.vault.take("github_token:" .. id),
     })
-    run.prompt, run.history, run.followup = prompt_of(task)
+    run.prompt, run.history, run.followup = chat.latest_user(task)
     if s.model_proxy == "on" then
         -- The agent's only credential: valid for this run, only at our model proxy.
         run.model_token = host.random_hex(32)

@@ -26,6 +26,13 @@ function _M.unauthorized(message) _M.raise(401, message) end
 function _M.not_found(message) _M.raise(404, message or "Not found") end
 function _M.conflict(message) _M.raise(409, message) end
 
+-- Passes a store result through; a failure (nil, err) becomes a 503 unless err is
+-- one of the expected outcomes the caller handles itself ("conflict", "busy").
+function _M.check_store(res, err)
+    if res == nil and err ~= nil and err ~= "conflict" and err ~= "busy" then _M.store_unavailable(err) end
+    return res, err
+end
+
 -- Turns a store failure (nil, err) into a 503; the driver's text goes to the log,
 -- never to the client. Expected outcomes ("conflict", "not found") are returned
 -- by the store as values, not errors, so they never reach this function.

@@ -5,6 +5,7 @@
 -- renames, modes and binary files included), pushes <PR_BRANCH_PREFIX><id> and
 -- opens the pull request; a second call returns the existing one.
 local host = require "host"
+local chat = require "app.chat"
 local config = require "app.config"
 local errors = require "app.errors"
 local git = require "app.git"
@@ -74,12 +75,6 @@ local function pr_response(task, pr_url, pr_number, branch)
     return 200, { status = "success", pr_url = pr_url, pr_number = pr_number, branch = branch, files_updated = n }
 end
 
-local function first_user_message(task)
-    for _, m in ipairs(task.chat_messages or {}) do
-        if m.role == "user" then return m.content end
-    end
-    return ""
-end
 
 -- Applies the patch on a fresh clone of the base branch and pushes the PR branch.
 local function push_branch(task, token, branch)
@@ -145,7 +140,7 @@ function _M.create_pr(req)
     if fstatus == 404 then errors.not_found("Repository not found or not accessible with this token") end
     if not existing then
         push_branch(task, token, branch)
-        local prompt = first_user_message(task)
+        local prompt = chat.first_user(task)
         local status, pr = github.create_pr(token, repo.owner, repo.repo, {
             title = title or ("aicode: " .. text.valid_utf8(text.clip(prompt:match("^[^\n]*"), 60))),
             head = branch,

@@ -10,10 +10,7 @@ local _M = {}
 
 local MAX_NAME, MAX_DESCRIPTION, MAX_URL = 200, 10000, 300
 
-local function check_store(res, err)
-    if res == nil and err ~= nil and err ~= "conflict" then errors.store_unavailable(err) end
-    return res, err
-end
+local check_store = errors.check_store
 
 local function parse_repo(url)
     local owner, repo = github_url.parse(url)

@@ -3,6 +3,7 @@
 -- owner-scoped (another user's task is a 404).
 local host = require "host"
 local agents = require "app.agents"
+local chat = require "app.chat"
 local engine = require "app.engine"
 local errors = require "app.errors"
 local git = require "app.git"
@@ -19,10 +20,7 @@ local MAX_PROMPT = 100 * 1024
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 local TOKEN_TTL_S = 24 * 3600 -- how long a queued task's GitHub token waits in memory
 
-local function check_store(res, err)
-    if res == nil and err ~= nil and err ~= "conflict" and err ~= "busy" then errors.store_unavailable(err) end
-    return res, err
-end
+local check_store = errors.check_store
 
 local function github_token(body)
     local token = validate.optional_string(body, "github_token", 1000)
@@ -31,12 +29,7 @@ local function github_token(body)
     return token
 end
 
-local function first_user_message(task)
-    for _, m in ipairs(task.chat_messages or {}) do
-        if m.role == "user" then return m.content end
-    end
-    return ""
-end
+local first_user_message = chat.first_user
 
 local function find(req)
     local task = check_store(store:get_task(req.user_id, req.params.id))

@@ -62,10 +62,8 @@ function _M.install(store, h)
         return task_row(row)
     end
 
-    -- filters: status, project_id, limit, offset
-    function store.list_tasks(_, user_id, filters)
-        local d, err = conn()
-        if not d then return nil, err end
+    -- The owner-scoped WHERE clause of a task listing. -> sql, args
+    local function task_filters(user_id, filters)
         local where, args = { "user_id = ?" }, { user_id }
         if filters.status then
             where[#where + 1] = "status = ?"
@@ -75,28 +73,26 @@ function _M.install(store, h)
             where[#where + 1] = "project_id = ?"
             args[#args + 1] = filters.project_id
         end
+        return table.concat(where, " AND "), args
+    end
+
+    -- filters: status, project_id, limit, offset
+    function store.list_tasks(_, user_id, filters)
+        local d, err = conn()
+        if not d then return nil, err end
+        local where, args = task_filters(user_id, filters)
         args[#args + 1] = filters.limit or 100
         args[#args + 1] = filters.offset or 0
-        local rows, qerr, code = d:query("SELECT " .. COLUMNS .. " FROM tasks WHERE " ..
-            table.concat(where, " AND ") .. " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-            table.unpack(args))
+        local rows, qerr, code = d:query("SELECT " .. COLUMNS .. " FROM tasks WHERE " .. where ..
+            " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?", table.unpack(args))
         if not rows then return failure(qerr, code) end
         for i = 1, #rows do task_row(rows[i]) end
         return json.array(rows)
     end
 
     function store.count_tasks(_, user_id, filters)
-        local where, args = { "user_id = ?" }, { user_id }
-        if filters.status then
-            where[#where + 1] = "status = ?"
-            args[#args + 1] = filters.status
-        end
-        if filters.project_id then
-            where[#where + 1] = "project_id = ?"
-            args[#args + 1] = filters.project_id
-        end
-        local row, err = first("SELECT count(*) AS n FROM tasks WHERE " .. table.concat(where, " AND "),
-            table.unpack(args))
+        local where, args = task_filters(user_id, filters)
+        local row, err = first("SELECT count(*) AS n FROM tasks WHERE " .. where, table.unpack(args))
         if not row then return nil, err end
         return row.n
     end
