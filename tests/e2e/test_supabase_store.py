@@ -213,6 +213,10 @@ class MultiHostTests(unittest.TestCase):
                 if interrupted:
                     self.a.proc.send_signal(signal.SIGKILL)
                     self.a.proc.wait(10)
+                    # A may have claimed more between that query and the kill: its leases
+                    # are still held (nobody recovers them before they expire).
+                    interrupted = sorted(set(interrupted) | {r["id"] for r in self.stack.sql(
+                        "SELECT id FROM tasks WHERE status = 'running' AND lease_owner = ?", (owner_a,))})
                     break
             time.sleep(0.01)
         self.assertTrue(interrupted, "host A never held a task after 25 completions: %r" % counts())
