@@ -95,16 +95,16 @@ function _M.ensure_user(self, id, attrs)
     return row, changes > 0
 end
 
-local PROJECT_COLUMNS = [[
-    p.*,
-    (SELECT count(*) FROM tasks t WHERE t.project_id = p.id) AS task_count,
-    (SELECT count(*) FROM tasks t WHERE t.project_id = p.id AND t.status = 'completed') AS completed_tasks,
-    (SELECT count(*) FROM tasks t WHERE t.project_id = p.id AND t.status IN ('pending', 'running')) AS active_tasks
-]]
+-- A project as the API shows it: the original schema's columns (the same list as
+-- the Supabase store) and the three task counts, which triggers keep in the row
+-- (db/sqlite/004_project_task_counts.sql). Named, not p.*, so a column added to the
+-- table later never reaches a response by accident.
+local PROJECT_COLUMNS = "p.id, p.user_id, p.repo_url, p.repo_name, p.repo_owner, p.name, p.description, " ..
+    "p.is_active, p.settings, p.created_at, p.updated_at, p.task_count, p.completed_tasks, p.active_tasks"
 
 -- Built once: the statement cache finds a constant string by its address. The
--- ORDER BY follows idx_projects_user_created (no sort step), and each count is a
--- probe of the covering index idx_tasks_project_status (db/sqlite/003_indexes.sql).
+-- ORDER BY follows idx_projects_user_created (db/sqlite/003_indexes.sql), so the
+-- list is one walk of that index plus a rowid lookup per project, and no sort.
 local LIST_PROJECTS_SQL = "SELECT " .. PROJECT_COLUMNS ..
     " FROM projects p WHERE p.user_id = ? ORDER BY p.created_at DESC, p.id DESC"
 local GET_PROJECT_SQL = "SELECT " .. PROJECT_COLUMNS .. " FROM projects p WHERE p.id = ? AND p.user_id = ?"
