@@ -738,6 +738,147 @@ static void test_supabase_hs256(void)
        "server verify: token signed with the Supabase secret refused");
 }
 
+/* ---- HS256 through the prepared HMAC context ------------------------------------------ */
+
+struct hs_worker {
+    const jwtv_key *key;
+    const char *good, *tampered;
+    long long now;
+    int wrong;
+};
+
+static void *hs_worker_main(void *arg)
+{
+    struct hs_worker *w = arg;
+
+    for (int i = 0; i < 2000; i++) {
+        if (jwtv_verify(w->good, strlen(w->good), w->key, w->now, NULL) != JWTV_OK)
+            w->wrong++;
+        if (jwtv_verify(w->tampered, strlen(w->tampered), w->key, w->now, NULL) !=
+            JWTV_ERR_SIGNATURE)
+            w->wrong++;
+    }
+    return NULL;
+}
+
+static void test_hs256_prepared_mac(void)
+{
+    long long now = (long long)time(NULL);
+    const char *hdr = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+    char *pay =
+        fmt("{\"user_id\":\"u\",\"type\":\"access\",\"exp\":%lld,\"iat\":%lld}", now + 600, now);
+    static const size_t lens[] = {1, 31, 32, 63, 64, 65, 128, 200, 1000};
+    unsigned char secret[1000];
+    int all_ok = 1, all_refused = 1;
+
+    /* RFC 7515 appendix A.1: the HS256 example, verified at its own `exp`. */
+    {
+        static const char jwk_k[] =
+            "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0"
+            "iPS4hcgUuTwjAzZr1Z9CAow";
+        static const char rfc_token[] =
+            "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9."
+            "eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ij"
+            "p0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        unsigned char k[64];
+        size_t klen = 0;
+        jwtv_key *key;
+
+        jwtv_b64url_decode(jwk_k, strlen(jwk_k), k, &klen);
+        key = jwtv_key_hs256(k, klen);
+        ok(key != NULL &&
+               jwtv_verify(rfc_token, strlen(rfc_token), key, 1300819380, NULL) == JWTV_OK,
+           "HS256: RFC 7515 A.1 example verifies");
+        ok(key != NULL && jwtv_verify(rfc_token, strlen(rfc_token), key, 1300819380 + 31, NULL) ==
+                              JWTV_ERR_EXPIRED,
+           "HS256: RFC 7515 A.1 example expired 31 s after exp");
+        k[klen - 1] ^= 1;
+        jwtv_key_free(key);
+        key = jwtv_key_hs256(k, klen);
+        ok(key != NULL && jwtv_verify(rfc_token, strlen(rfc_token), key, 1300819380, NULL) ==
+                              JWTV_ERR_SIGNATURE,
+           "HS256: RFC 7515 A.1 example refused with a key one bit off");
+        jwtv_key_free(key);
+    }
+
+    /* Keys shorter than, equal to and longer than SHA-256's 64-byte block (hashed first),
+     * with NUL bytes inside, against an independent one-shot HMAC. */
+    for (size_t i = 0; i < sizeof(secret); i++)
+        secret[i] = (unsigned char)(i * 7 + 3);
+    secret[5] = 0;
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        jwtv_key *key = jwtv_key_hs256(secret, lens[i]);
+        char *good = tok_hmac(hdr, pay, EVP_sha256(), secret, lens[i]);
+        unsigned char other[1000];
+        char *foreign;
+
+        memcpy(other, secret, lens[i]);
+        other[lens[i] - 1] ^= 0x80;
+        foreign = tok_hmac(hdr, pay, EVP_sha256(), other, lens[i]);
+        all_ok &= key != NULL && jwtv_verify(good, strlen(good), key, now, NULL) == JWTV_OK;
+        all_refused &= key != NULL &&
+                       jwtv_verify(foreign, strlen(foreign), key, now, NULL) == JWTV_ERR_SIGNATURE;
+        /* The same key, used again: a verification leaves the prepared context as it was. */
+        all_ok &= key != NULL && jwtv_verify(good, strlen(good), key, now, NULL) == JWTV_OK;
+        jwtv_key_free(key);
+    }
+    ok(all_ok, "HS256: keys of 1..1000 bytes verify tokens signed by HMAC(), twice in a row");
+    ok(all_refused, "HS256: a key differing in its last byte is refused for each length");
+    ok(jwtv_key_hs256(secret, 0) == NULL && jwtv_key_hs256(NULL, 32) == NULL,
+       "HS256: no key without a secret");
+
+    /* Wrong-length and truncated signatures never reach the MAC comparison as equal. */
+    {
+        jwtv_key *key = jwtv_key_hs256((const unsigned char *)SECRET, strlen(SECRET));
+        char *good = tok_hs256(hdr, pay);
+        char *input = signing_input(hdr, pay);
+        unsigned char mac[32];
+        unsigned int maclen = 0;
+        char *short_sig, *long_sig;
+        unsigned char longer[33];
+
+        HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (const unsigned char *)input, strlen(input),
+             mac, &maclen);
+        short_sig = with_sig(strdup(input), mac, 31);
+        memcpy(longer, mac, 32);
+        longer[32] = 0;
+        long_sig = with_sig(input, longer, 33);
+        ok(jwtv_verify(good, strlen(good), key, now, NULL) == JWTV_OK &&
+               jwtv_verify(short_sig, strlen(short_sig), key, now, NULL) == JWTV_ERR_SIGNATURE &&
+               jwtv_verify(long_sig, strlen(long_sig), key, now, NULL) == JWTV_ERR_SIGNATURE,
+           "HS256: 31- and 33-byte signatures refused, the 32-byte one accepted");
+        jwtv_key_free(key);
+    }
+
+    /* One key shared by four threads, as the workers share the server key; each thread
+     * verifies its own tokens, so a context shared by mistake would mix their inputs. */
+    {
+        jwtv_key *key = jwtv_key_hs256((const unsigned char *)SECRET, strlen(SECRET));
+        pthread_t th[4];
+        struct hs_worker w[4];
+        int wrong = 0;
+
+        for (int i = 0; i < 4; i++) {
+            char *good = tok_hs256(hdr, fmt("{\"user_id\":\"user-%lld\",\"type\":\"access\","
+                                            "\"exp\":%lld}",
+                                            (long long)i * 1000003, now + 600));
+            char *tampered = keep(strdup(good));
+            size_t n = strlen(tampered);
+
+            tampered[n - 2] = tampered[n - 2] == 'A' ? 'B' : 'A';
+            w[i] = (struct hs_worker){key, good, tampered, now, 0};
+        }
+        for (int i = 0; i < 4; i++)
+            pthread_create(&th[i], NULL, hs_worker_main, &w[i]);
+        for (int i = 0; i < 4; i++) {
+            pthread_join(th[i], NULL);
+            wrong += w[i].wrong;
+        }
+        ok(wrong == 0, "HS256: 4 threads x 4000 verifications on one key, no wrong answer");
+        jwtv_key_free(key);
+    }
+}
+
 static void test_jwks(void)
 {
     long long now = (long long)time(NULL);
@@ -897,6 +1038,7 @@ int main(void)
     test_header_and_alg();
     test_pyjwt_interop();
     test_supabase_hs256();
+    test_hs256_prepared_mac();
     test_jwks();
 
     lua_close(L);
