@@ -501,5 +501,8 @@ int host_open_jwt(lua_State *L)
     }
     lua_pop(L, 1);
     luaL_newlib(L, funcs);
+    /* The clock skew jwt.verify allows on exp/nbf/iat, for Lua that rechecks them. */
+    lua_pushinteger(L, JWTV_LEEWAY_S);
+    lua_setfield(L, -2, "leeway");
     return 1;
 }

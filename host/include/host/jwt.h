@@ -19,6 +19,8 @@
  *   jwt.verify(token, expected_type)  -> claims | nil, err
  *   jwt.verify_supabase(token)        -> claims | nil, err
  *   jwt.set_jwks(json)                -> true | nil, err
+ *   jwt.leeway                        integer: seconds of clock skew allowed on exp, nbf and
+ *                                     iat (JWTV_LEEWAY_S), for Lua that rechecks them
  *
  * Error strings returned to Lua are safe to show to API clients: "Invalid token",
  * "Token has expired", "Token is not yet valid", "Signature verification failed",
