@@ -2,29 +2,13 @@
  * Coroutine records: creation, resumption, yields for host operations, teardown.
  * Runs on the worker's loop thread only.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include <lauxlib.h>
 
 #include "host/sched.h"
-
-/* How often (in VM instructions) a running coroutine checks its deadline. */
-#define DEADLINE_CHECK_INSTRUCTIONS 10000
-
-static void on_count_hook(lua_State *L, lua_Debug *ar)
-{
-    (void)ar;
-    host_co_t *co = host_co_current(L);
-    if (co != NULL && co->deadline_ms != 0 && host_now_ms() > co->deadline_ms) {
-        /* Past the deadline, fire on every instruction from now on. Otherwise a
-         * handler that catches this error with pcall inside a loop would run another
-         * DEADLINE_CHECK_INSTRUCTIONS of its own code per error and keep the worker
-         * forever; checking each instruction re-raises right after any pcall, so
-         * the error unwinds out of the coroutine (the request then answers 500). */
-        lua_sethook(L, on_count_hook, LUA_MASKCOUNT, 1);
-        luaL_error(L, "execution time limit exceeded");
-    }
-}
+#include "host/watchdog.h"
 
 host_co_t *host_co_current(lua_State *L)
 {
@@ -98,8 +82,10 @@ host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_
         co->ref = luaL_ref(gen->L, LUA_REGISTRYINDEX); /* - */
     }
     *(host_co_t **)lua_getextraspace(co->L) = co;
-    /* Also resets the instruction count (and undoes a past-deadline count of 1). */
-    lua_sethook(co->L, on_count_hook, LUA_MASKCOUNT, DEADLINE_CHECK_INSTRUCTIONS);
+    /* The watchdog's hook may still be set on a reused thread (a signal that came
+     * after its last coroutine finished): the VM runs fastest without one. */
+    if (lua_gethook(co->L) != NULL)
+        lua_sethook(co->L, NULL, 0, 0);
     ++gen->refs;
     if (!background)
         ++w->inflight;
@@ -113,14 +99,19 @@ static void co_free(host_co_t *co, int returned)
     host_worker_t *w = co->worker;
     int background = co->background;
     *(host_co_t **)lua_getextraspace(co->L) = NULL;
-    int status = lua_resetthread(co->L); /* runs pending to-be-closed variables */
     co_pool_t *pool = co_pool(gen->L);
-    if (returned && status == LUA_OK && !gen->retired && pool->n < CO_POOL_MAX) {
+    if (returned && !gen->retired && pool->n < CO_POOL_MAX) {
+        /* Its function returned: every call, to-be-closed variable and open upvalue
+         * of it is closed, the thread is back at its base level with only the results
+         * on the stack, and lua_resume accepts a new function on it. lua_resetthread
+         * would also shrink the stack to its minimum, which the next request would
+         * then grow again (a realloc each way, each request). */
         lua_settop(co->L, 0);
         pool->free[pool->n].L = co->L;
         pool->free[pool->n].ref = co->ref;
         ++pool->n;
     } else {
+        lua_resetthread(co->L); /* runs pending to-be-closed variables */
         luaL_unref(gen->L, LUA_REGISTRYINDEX, co->ref);
     }
     free(co);
@@ -146,9 +137,18 @@ void host_co_clear_op(host_co_t *co)
 void host_co_resume(host_co_t *co, int nargs)
 {
     int nresults = 0;
+    host_worker_t *w = co->worker;
+    /* Published for the watchdog (host/watchdog.h); saved and restored because a
+     * coroutine can be resumed from inside another one's host call. */
+    lua_State *outer_L = w->running_L;
+    uint64_t outer_deadline = atomic_load_explicit(&w->running_deadline_ms, memory_order_relaxed);
+    w->running_L = co->L;
+    atomic_store_explicit(&w->running_deadline_ms, co->deadline_ms, memory_order_relaxed);
     co->running = 1;
     int status = lua_resume(co->L, NULL, nargs, &nresults);
     co->running = 0;
+    atomic_store_explicit(&w->running_deadline_ms, outer_deadline, memory_order_relaxed);
+    w->running_L = outer_L;
     if (status == LUA_YIELD) {
         if (co->op != NULL)
             return; /* an event will resume it */

@@ -29,6 +29,7 @@
 #include "host/sched.h"
 #include "host/server.h"
 #include "host/vm.h"
+#include "host/watchdog.h"
 
 __thread host_worker_t *host_current_worker;
 atomic_size_t host_open_connections;
@@ -737,10 +738,13 @@ static void *worker_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are handled by the main thread */
+    host_watchdog_thread_init();            /* except the watchdog's */
     host_vm_call_start(w->gen, w->index);
+    host_log_batch_start();
 
     while (!w->draining || w->inflight != 0) {
         h2o_evloop_run(w->loop, 50);
+        host_log_flush(); /* this iteration's access-log lines, one write */
         if (w->draining && host_now_ms() > w->drain_deadline_ms) {
             host_log("warn", "worker %d: drain timeout with %zu requests in flight", w->index,
                      w->inflight);
@@ -749,8 +753,11 @@ static void *worker_main(void *arg)
     }
     /* Let the last responses reach their sockets before the process exits. */
     uint64_t flush_until = host_now_ms() + 200;
-    while (host_now_ms() < flush_until && atomic_load(&host_open_connections) != 0)
+    while (host_now_ms() < flush_until && atomic_load(&host_open_connections) != 0) {
         h2o_evloop_run(w->loop, 20);
+        host_log_flush();
+    }
+    host_log_flush();
     return NULL;
 }
 
@@ -790,6 +797,11 @@ int host_server_start(void)
     }
     for (int i = 0; i < nworkers; ++i)
         pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
+    /* After the workers exist: the watchdog signals their threads. */
+    if (host_watchdog_start(workers, nworkers) != 0) {
+        host_log("error", "cannot start the coroutine watchdog");
+        return -1;
+    }
     return 0;
 }
 

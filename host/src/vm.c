@@ -14,6 +14,7 @@
 #include "host/json.h"
 #include "host/jwt.h"
 #include "host/log.h"
+#include "host/lua_heap.h"
 #include "host/process.h"
 #include "host/secret.h"
 #include "host/sqlite.h"
@@ -131,13 +132,24 @@ static int load_generation(lua_State *L)
     return 2; /* mod fn */
 }
 
+/* An error outside any protected call (lauxlib's luaL_newstate installs the same). */
+static int on_panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    host_log("error", "unprotected Lua error: %s", msg != NULL ? msg : "(not a string)");
+    return 0; /* then Lua aborts */
+}
+
 host_gen_t *host_vm_build(const char *module, const char *field, char *err, size_t errlen)
 {
-    lua_State *L = luaL_newstate();
+    host_lua_heap_t *heap = host_lua_heap_new();
+    lua_State *L = heap != NULL ? lua_newstate(host_lua_heap_alloc, heap) : NULL;
     if (L == NULL) {
+        host_lua_heap_free(heap);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    lua_atpanic(L, on_panic);
     *(void **)lua_getextraspace(L) = NULL;
     lua_pushcfunction(L, on_load_error);
     lua_pushcfunction(L, load_generation);
@@ -147,10 +159,12 @@ host_gen_t *host_vm_build(const char *module, const char *field, char *err, size
         snprintf(err, errlen, "%s",
                  lua_tostring(L, -1) != NULL ? lua_tostring(L, -1) : "load failed");
         lua_close(L);
+        host_lua_heap_free(heap);
         return NULL;
     }
     host_gen_t *gen = calloc(1, sizeof(*gen));
     gen->L = L;
+    gen->heap = heap;
     gen->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* fn */
     gen->module_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* mod */
     lua_settop(L, 0);
@@ -177,5 +191,6 @@ void host_vm_call_start(host_gen_t *gen, int worker_index)
 void host_vm_close(host_gen_t *gen)
 {
     lua_close(gen->L);
+    host_lua_heap_free(gen->heap);
     free(gen);
 }

@@ -1,5 +1,7 @@
-/* Unit tests for host/src/log.c: the redactor every log line passes through. */
+/* Unit tests for host/src/log.c: the redactor every log line passes through, the
+ * access-log line format and the per-loop-iteration batching of request lines. */
 #include <ctype.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -302,6 +304,91 @@ static void test_request_line(void)
     host_log_open("/dev/null");
 }
 
+/* ---- batching: request lines wait for host_log_flush, other lines do not ---------------- */
+
+static size_t count_lines(const char *path, int *in_order, int *whole)
+{
+    FILE *f = fopen(path, "r");
+    static char line[20000];
+    size_t n = 0;
+    long prev = -1;
+    *in_order = 1;
+    *whole = 1;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        size_t len = strlen(line);
+        if (len < 2 || line[0] != '{' || line[len - 1] != '\n' || line[len - 2] != '}')
+            *whole = 0;
+        const char *id = strstr(line, "\"request_id\":\"");
+        if (id != NULL) {
+            long v = strtol(id + 14, NULL, 10);
+            if (v <= prev)
+                *in_order = 0;
+            prev = v;
+        }
+        ++n;
+    }
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+static void *batching_thread(void *arg)
+{
+    const char *path = arg;
+    int in_order, whole;
+    char id[17];
+    host_log_batch_start();
+    for (int i = 0; i < 3; ++i) {
+        snprintf(id, sizeof(id), "%016d", i);
+        host_log_request(id, "GET", 3, "/ping", 5, 200, 0.25, NULL);
+    }
+    ok(count_lines(path, &in_order, &whole) == 0, "batched request lines wait for the flush");
+    host_log("warn", "not batched");
+    ok(count_lines(path, &in_order, &whole) == 1, "other lines are written at once");
+    host_log_flush();
+    ok(count_lines(path, &in_order, &whole) == 4 && in_order && whole,
+       "the flush writes the batched lines, whole and in order");
+    host_log_flush();
+    ok(count_lines(path, &in_order, &whole) == 4, "a second flush writes nothing");
+
+    /* More than a batch holds (long paths): written as the batch fills, none lost. */
+    static char longpath[3000];
+    memset(longpath, 'p', sizeof(longpath));
+    longpath[0] = '/';
+    for (int i = 3; i < 1003; ++i) {
+        snprintf(id, sizeof(id), "%016d", i);
+        host_log_request(id, "GET", 3, longpath, sizeof(longpath), 200, 1.0, NULL);
+    }
+    size_t before_flush = count_lines(path, &in_order, &whole);
+    ok(before_flush > 4 && before_flush < 1004, "a full batch is written before the flush (%zu)",
+       before_flush);
+    host_log_flush();
+    ok(count_lines(path, &in_order, &whole) == 1004 && in_order && whole,
+       "1000 long request lines: all written, whole, in order");
+    return NULL;
+}
+
+static void test_batching(void)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/test_log_batch_%d.log", (int)getpid());
+    unlink(path);
+    if (host_log_open(path) != 0) {
+        ok(0, "cannot open a temporary log file");
+        return;
+    }
+    /* On its own thread: batching is per thread and stays on once started. */
+    pthread_t t;
+    pthread_create(&t, NULL, batching_thread, path);
+    pthread_join(t, NULL);
+    int in_order, whole;
+    host_log_request("0000000000009999", "GET", 3, "/x", 2, 200, 1.0, NULL);
+    ok(count_lines(path, &in_order, &whole) == 1005,
+       "a thread that did not start batching writes request lines at once");
+    unlink(path);
+    host_log_open("/dev/null");
+}
+
 int main(void)
 {
     register_secret("canary-secret-value-0123456789");
@@ -377,5 +464,6 @@ int main(void)
     }
     fuzz_against_ref();
     test_request_line();
+    test_batching();
     return tap_done();
 }

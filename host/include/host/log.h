@@ -1,6 +1,7 @@
 /*
- * Structured logging: one JSON object per line, written with a single write(2)
- * so lines from different threads never interleave.
+ * Structured logging: one JSON object per line. A write(2) carries whole lines only
+ * (one line, or on an event-loop thread a batch of access-log lines), so lines from
+ * different threads never interleave.
  *
  * Every line passes through the redactor before it is written: registered secret
  * values (JWT_SECRET, API keys, ...) and anything shaped like a bearer token, a JWT
@@ -32,7 +33,17 @@ void host_log_register_secret(const char *value);
 /** Writes a free-form line: {"time","level","msg"} plus no fields. */
 void host_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/** Access log line for a finished request. */
+/**
+ * Makes this thread batch its access-log lines (host_log_request): they are written
+ * by host_log_flush, one write(2) for all of them, which the event loop calls after
+ * each iteration. Other lines are still written at once.
+ */
+void host_log_batch_start(void);
+
+/** Writes this thread's batched lines, if any. */
+void host_log_flush(void);
+
+/** Access log line for a finished request (batched on a thread that asked for it). */
 void host_log_request(const char *request_id, const char *method, size_t method_len,
                       const char *path, size_t path_len, int status, double duration_ms,
                       const char *user_id);

@@ -35,7 +35,7 @@ struct host_co_t {
     host_op_cancel_cb cancel;
     host_co_done_cb on_done;
     void *owner;          /* the request record, for on_done */
-    uint64_t deadline_ms; /* monotonic; the count hook aborts CPU-bound code past it */
+    uint64_t deadline_ms; /* monotonic; the watchdog (host/watchdog.h) stops CPU-bound code past it */
     int running;          /* inside lua_resume: completions must not re-enter */
     int background;       /* not a request: excluded from worker->inflight */
 };

@@ -23,10 +23,13 @@ typedef struct host_http_t host_http_t;
  * from under a running coroutine; a retired generation is closed when its last
  * request ends.
  */
+typedef struct host_lua_heap host_lua_heap_t;
+
 typedef struct host_gen_t {
     lua_State *L;
-    int handle_ref; /* registry ref of app.server.handle */
-    int module_ref; /* registry ref of the entry module (for its optional start hook) */
+    host_lua_heap_t *heap; /* L's allocator (host/lua_heap.h), freed after lua_close */
+    int handle_ref;        /* registry ref of app.server.handle */
+    int module_ref;        /* registry ref of the entry module (for its optional start hook) */
     unsigned id;
     unsigned refs;
     int retired;
@@ -50,6 +53,10 @@ typedef struct host_worker_t {
     h2o_multithread_receiver_t control;
     uint64_t request_seq;
     uint64_t request_id_salt;
+    /* The coroutine running on this thread (inside lua_resume) and its deadline, 0
+     * when none or no deadline: read by the watchdog thread and its signal handler. */
+    lua_State *volatile running_L;
+    _Atomic uint64_t running_deadline_ms;
 } host_worker_t;
 
 /** The worker running on this thread, or NULL (CLI commands, tests). */

@@ -1,0 +1,88 @@
+/* The coroutine CPU-time guard: see host/watchdog.h. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+
+#include "host/sched.h"
+#include "host/timers.h"
+#include "host/watchdog.h"
+
+static host_worker_t *watched;
+static int nwatched;
+
+void host_watchdog_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    host_co_t *co = host_co_current(L);
+    if (co != NULL && co->deadline_ms != 0 && host_now_ms() > co->deadline_ms) {
+        /* Past the deadline, fire on every instruction from now on: a handler that
+         * catches this error with pcall inside a loop gets it again right after the
+         * pcall, so the error unwinds out of the coroutine (the request answers 500). */
+        lua_sethook(L, host_watchdog_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "execution time limit exceeded");
+        return;
+    }
+    lua_sethook(L, NULL, 0, 0); /* a late signal: the coroutine it meant has gone */
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    host_worker_t *w = host_current_worker;
+    if (w == NULL)
+        return;
+    lua_State *L = w->running_L;
+    if (L != NULL)
+        lua_sethook(L, host_watchdog_hook, LUA_MASKCOUNT, 1);
+}
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    struct timespec period = {0, HOST_WATCHDOG_PERIOD_MS * 1000000L};
+    for (;;) {
+        nanosleep(&period, NULL);
+        uint64_t now = host_now_ms();
+        for (int i = 0; i < nwatched; ++i) {
+            uint64_t deadline =
+                atomic_load_explicit(&watched[i].running_deadline_ms, memory_order_relaxed);
+            if (deadline != 0 && now > deadline)
+                pthread_kill(watched[i].thread, SIGURG);
+        }
+    }
+    return NULL;
+}
+
+void host_watchdog_thread_init(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGURG);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int host_watchdog_start(host_worker_t *workers, int nworkers)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART; /* the worker's own system calls carry on */
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGURG, &sa, NULL) != 0)
+        return -1;
+    watched = workers;
+    nwatched = nworkers;
+    pthread_t t;
+    if (pthread_create(&t, NULL, watchdog_main, NULL) != 0)
+        return -1;
+    pthread_detach(t);
+    return 0;
+}
