@@ -98,13 +98,23 @@ local function allowed_list(methods)
     return list
 end
 
+-- The params of a route without parameters: one shared table, read-only so that
+-- no handler can leak a value into another request through it.
+local NO_PARAMS = setmetatable({}, {
+    __newindex = function() error("route params are read-only", 2) end,
+    __metatable = false,
+})
+_M.NO_PARAMS = NO_PARAMS
+
+local SLASH = string.byte("/")
+
 -- Returns route, params  |  nil, "not_found"  |  nil, "method_not_allowed", {methods}
 function _M:match(method, path)
-    if #path > 1 and path:sub(-1) == "/" then path = path:sub(1, -2) end
+    if #path > 1 and path:byte(-1) == SLASH then path = path:sub(1, -2) end
     local slot = self.exact[path]
     if slot then
         local route = slot[method] or (method == "HEAD" and slot.GET)
-        if route then return route, {} end
+        if route then return route, NO_PARAMS end
         return nil, "method_not_allowed", allowed_list(slot)
     end
     local parts, n = split(path)

@@ -52,7 +52,7 @@ local function traceback(err)
 end
 
 local function parse_body(req, route)
-    if not BODY_METHODS[req.method] or route.body == false then return end
+    if route.body == false then return end
     local body = req.body
     if body == nil or body == "" then
         req.json = nil
@@ -70,15 +70,21 @@ local function parse_body(req, route)
     req.json = value
 end
 
+-- The query parameters of a request without a query string (read-only, shared).
+local NO_QUERY = setmetatable({}, {
+    __newindex = function() error("query parameters are read-only", 2) end,
+    __metatable = false,
+})
+
 local function run(req)
-    local origin = req.headers.origin
-    if cors.is_preflight(req) then
-        local h = cors.preflight_headers(origin)
+    local method = req.method
+    if method == "OPTIONS" and cors.is_preflight(req) then
+        local h = cors.preflight_headers(req.headers.origin)
         if not h then errors.raise(403, "Origin not allowed") end
         return { status = 204, headers = h, body = "" }
     end
 
-    local route, params, allowed = router:match(req.method, req.path)
+    local route, params, allowed = router:match(method, req.path)
     if not route then
         if params == "method_not_allowed" then
             errors.raise(405, "Method not allowed", { allow = table.concat(allowed, ", ") })
@@ -87,7 +93,8 @@ local function run(req)
     end
     req.params = params
 
-    req.query_params = _M.parse_query(req.query)
+    local query = req.query
+    req.query_params = (query == nil or query == "") and NO_QUERY or _M.parse_query(query)
     if route.auth == "user" or route.auth == "stream" then
         local user_id
         if route.auth == "stream" and not req.headers.authorization and req.query_params.token then
@@ -105,7 +112,7 @@ local function run(req)
         if not ok then errors.raise(429, "Rate limit exceeded", { ["retry-after"] = tostring(retry) }) end
     end
 
-    parse_body(req, route)
+    if BODY_METHODS[method] then parse_body(req, route) end
     local status, body, headers = route.fn(req)
     if type(status) == "table" then return status end -- a raw response (e.g. static JSON)
     return response.json(status, body, headers)
@@ -145,7 +152,8 @@ function _M.handle(req)
             res = response.error(500, "Internal server error", req.request_id)
         end
     end
-    local extra = cors.response_headers(req.headers.origin)
+    local origin = req.headers.origin
+    local extra = origin ~= nil and cors.response_headers(origin)
     if extra then
         for k, v in pairs(extra) do res.headers[k] = v end
     end
