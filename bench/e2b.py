@@ -25,13 +25,11 @@ The double and git_http run as subprocesses (not in this process), so that the b
 polling does not share a GIL with them. Results: a markdown summary on stdout and results.json +
 summary.md in bench/results/e2b-<timestamp>/. Everything started here is stopped on exit.
 """
-import datetime
 import http.client
 import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,13 +37,12 @@ import threading
 import time
 import uuid
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "fakes"))
-
-import git_http  # noqa: E402  (tests/fakes)
-from fakes.tasks_kit import task_server  # noqa: E402
-from harness import new_user  # noqa: E402
+import common  # puts tests/e2e and tests/fakes on sys.path
+from common import (CLK_TCK, ROOT, busy_ticks, dist, iso_ms, log, own_ticks, peak_level, proc_ticks, rss_kb,
+                    write_results)
+import git_http  # tests/fakes
+from fakes.tasks_kit import task_server
+from harness import new_user
 
 PY = "/usr/bin/python3"
 SEQ_TASKS = int(os.environ.get("SEQ_TASKS", "30"))
@@ -55,15 +52,9 @@ CONC_LOCAL = os.environ.get("CONC_LOCAL", "1") == "1"
 SLEEP_S = float(os.environ.get("SLEEP_S", "2"))
 POLL_MS = float(os.environ.get("POLL_MS", "5"))
 TASK_TIMEOUT_S = 300
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PROMPT = "echo \"hello from task $RANDOM\" > out.txt\n"
 REPO_FILES = {"README.md": "# bench\n\nA small repository for the E2B benchmark.\n",
               "src/main.py": "print('hello')\n", "src/util.py": "def f():\n    return 1\n",
               "docs/notes.md": "notes\n", ".gitignore": "*.pyc\n"}
-
-
-def log(msg):
-    print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -110,45 +101,12 @@ class Sub:
         self.err.close()
 
 
-def proc_ticks(pid, children=True):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            s = f.read()
-    except OSError:
-        return 0
-    v = s[s.rindex(")") + 2:].split()
-    t = int(v[11]) + int(v[12])
-    if children:
-        t += int(v[13]) + int(v[14])
-    return t
-
-
-def busy_ticks():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
-
-
-def own_ticks():
-    t = os.times()
-    return int(round((t.user + t.system + t.children_user + t.children_system) * CLK_TCK))
-
-
 QUIET_WAIT = float(os.environ.get("QUIET_WAIT", "60"))
 QUIET_MAX_CORES = float(os.environ.get("QUIET_MAX_CORES", "0.3"))
 
 
 def wait_quiet():
-    """Waits (up to QUIET_WAIT s) until the machine is nearly idle: it is shared."""
-    t0 = time.time()
-    while time.time() - t0 < QUIET_WAIT:
-        b0 = busy_ticks()
-        time.sleep(1)
-        used = (busy_ticks() - b0) / CLK_TCK
-        if used < QUIET_MAX_CORES:
-            return
-        log("machine busy (%.2f cores in use), waiting up to %.0fs" % (used, QUIET_WAIT))
-    log("machine still busy, measuring anyway")
+    return common.wait_quiet(QUIET_MAX_CORES, QUIET_WAIT)
 
 
 class OtherLoad:
@@ -164,17 +122,6 @@ class OtherLoad:
         dt = time.time() - self.t0
         ours = sum(proc_ticks(p) for p in self.pids) + own_ticks() - self.p0
         return round(max(0, busy_ticks() - self.b0 - ours) / CLK_TCK / dt, 2)
-
-
-def rss_kb(pid, field="VmRSS:"):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class Sampler(threading.Thread):
@@ -197,95 +144,9 @@ class Sampler(threading.Thread):
 
 # -- HTTP ------------------------------------------------------------------------------------------
 
-class Client:
+class Client(common.Client):
     """A keep-alive connection to aicode."""
-
-    def __init__(self, port, token):
-        self.port, self.token, self.conn = port, token, None
-
-    def request(self, method, path, body=None):
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-            h = {"Authorization": "Bearer " + self.token}
-            data = None
-            if body is not None:
-                data = json.dumps(body).encode()
-                h["Content-Type"] = "application/json"
-            try:
-                self.conn.request(method, path, body=data, headers=h)
-                resp = self.conn.getresponse()
-                payload = resp.read()
-                return resp.status, json.loads(payload) if payload else None
-            except (http.client.HTTPException, OSError):
-                self.conn.close()
-                self.conn = None
-                if attempt:
-                    raise
-
-    def start(self, url, prompt=PROMPT):
-        status, body = self.request("POST", "/api/start-task", {"prompt": prompt, "repo_url": url, "model": "shell"})
-        if status != 200:
-            raise RuntimeError("start-task answered %d: %r" % (status, body))
-        return body["task_id"]
-
-    def status(self, tid):
-        status, body = self.request("GET", "/api/task-status/%d" % tid)
-        if status != 200:
-            raise RuntimeError("task-status answered %d: %r" % (status, body))
-        return body["task"]["status"]
-
-    def row(self, tid):
-        status, body = self.request("GET", "/api/tasks/%d" % tid)
-        if status != 200:
-            raise RuntimeError("GET /api/tasks/%d answered %d" % (tid, status))
-        return body["task"]
-
-    def wait(self, tid, timeout=TASK_TIMEOUT_S):
-        deadline = time.time() + timeout
-        while True:
-            st = self.status(tid)
-            if st in ("completed", "failed", "cancelled"):
-                return st, time.perf_counter()
-            if time.time() > deadline:
-                raise RuntimeError("task %d still %s after %ss" % (tid, st, timeout))
-            time.sleep(POLL_MS / 1000)
-
-    def step_durations(self, tid):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", "/api/tasks/%d/events" % tid, headers={"Authorization": "Bearer " + self.token})
-            raw = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        steps = {}
-        for block in raw.split("\n\n"):
-            for line in block.split("\n"):
-                if line.startswith("data: {"):
-                    d = json.loads(line[6:])
-                    if d.get("type") == "step" and d["data"].get("state") == "finished":
-                        steps[d["data"]["name"]] = d["data"]["duration_ms"]
-        return steps
-
-
-def iso_ms(s):
-    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000
-
-
-def pct(values, p):
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    k = (len(v) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
-def dist(values):
-    if not values:
-        return {"n": 0}
-    return {"n": len(values), "median": round(statistics.median(values), 1), "p95": round(pct(values, 95), 1),
-            "min": round(min(values), 1), "max": round(max(values), 1)}
+    timeout_s, poll_ms, task_timeout_s = 60, POLL_MS, TASK_TIMEOUT_S
 
 
 # -- phases ----------------------------------------------------------------------------------------
@@ -390,12 +251,8 @@ def phase_concurrency(srv, url, n, double_pid=None):
         double_cpu = (proc_ticks(srv.proc.pid) - ac0) / CLK_TCK - aicode_cpu
     peak_rss = sampler.stop()
     rows = [c.row(tid) for tid in ids]
-    edges = sorted([(iso_ms(r["started_at"]), 1) for r in rows if r["started_at"]] +
-                   [(iso_ms(r["completed_at"]), -1) for r in rows if r["completed_at"]])
-    level = peak = 0
-    for _, d in edges:
-        level += d
-        peak = max(peak, level)
+    peak = peak_level([(iso_ms(r["started_at"]), 1) for r in rows if r["started_at"]] +
+                      [(iso_ms(r["completed_at"]), -1) for r in rows if r["completed_at"]])
     e2e = [iso_ms(r["completed_at"]) - iso_ms(r["created_at"]) for r in rows if r["completed_at"]]
     errs = sorted({r["error"] for r in rows if r["error"]})
     return {"tasks": n, "completed": sum(1 for s in final.values() if s == "completed"),
@@ -508,12 +365,7 @@ def main():
                 log("stop failed: %r" % e)
         shutil.rmtree(tmp, ignore_errors=True)
     text = summary(res)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(text)
-    print(text)
-    log("raw results: %s" % os.path.relpath(out_dir, ROOT))
+    write_results(out_dir, res, text)
     ok = all(res["overhead"][k]["completed"] == SEQ_TASKS for k in ("local", "e2b")) and all(
         r["completed"] == r["tasks"] and not r.get("sandboxes_left") for r in res["concurrency"])
     return 0 if ok else 1

@@ -32,8 +32,6 @@ during each phase, plus the busiest other processes at the start. Results: a mar
 on stdout and summary.md + results.json in bench/results/tasks-<timestamp>/ (gitignored).
 Every server and fake started here is stopped on exit.
 """
-import http.client
-import json
 import os
 import statistics
 import subprocess
@@ -41,12 +39,11 @@ import sys
 import threading
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "fakes"))
-
-from fakes.tasks_kit import GitRepos, task_server  # noqa: E402
-from harness import new_user  # noqa: E402
+import common  # puts tests/e2e and tests/fakes on sys.path
+from common import (CLK_TCK, ROOT, busy_ticks, iso_ms, log, own_ticks, peak_level, proc_ticks, rss_kb,
+                    write_results)
+from fakes.tasks_kit import GitRepos, task_server
+from harness import new_user
 
 SEQ_TASKS = int(os.environ.get("SEQ_TASKS", "50"))
 WARMUP = int(os.environ.get("WARMUP", "3"))
@@ -60,50 +57,12 @@ QUIET_WAIT = float(os.environ.get("QUIET_WAIT", "60"))
 QUIET_MAX_CORES = float(os.environ.get("QUIET_MAX_CORES", "0.15"))
 TASK_TIMEOUT_S = 120
 
-PROMPT = "echo \"hello from task $RANDOM\" > out.txt\n"
 REPO_FILES = {"README.md": "# bench\n\nA small repository for the task benchmark.\n",
               "src/main.py": "print('hello')\n", "src/util.py": "def f():\n    return 1\n",
               "docs/notes.md": "notes\n", ".gitignore": "*.pyc\n"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def log(msg):
-    print("[bench] " + msg, file=sys.stderr, flush=True)
 
 
 # -- measuring the machine ------------------------------------------------------------------------
-
-def busy_ticks():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
-
-
-def proc_ticks(pid, children=True):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            s = f.read()
-    except OSError:
-        return 0
-    v = s[s.rindex(")") + 2:].split()
-    t = int(v[11]) + int(v[12])
-    if children:
-        t += int(v[13]) + int(v[14])
-    return t
-
-
-def own_ticks():
-    t = os.times()
-    return int(round((t.user + t.system + t.children_user + t.children_system) * CLK_TCK))
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
 
 def descendants(pid):
     table = {}
@@ -148,16 +107,7 @@ def busiest_others(exclude, n=5):
 
 
 def wait_quiet():
-    t0 = time.time()
-    while time.time() - t0 < QUIET_WAIT:
-        b0 = busy_ticks()
-        time.sleep(1)
-        used = (busy_ticks() - b0) / CLK_TCK
-        if used < QUIET_MAX_CORES:
-            return used
-        log("machine busy (other processes use %.2f cores), waiting up to %.0fs" % (used, QUIET_WAIT))
-    log("machine still busy, measuring anyway")
-    return None
+    return common.wait_quiet(QUIET_MAX_CORES, QUIET_WAIT, "machine busy (other processes use %.2f cores)")
 
 
 class CpuWatch:
@@ -182,96 +132,13 @@ class CpuWatch:
 
 # -- HTTP ------------------------------------------------------------------------------------------
 
-class Client:
+class Client(common.Client):
     """A keep-alive connection to the server."""
-
-    def __init__(self, port, token):
-        self.port, self.token = port, token
-        self.conn = None
-
-    def request(self, method, path, body=None):
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            h = {"Authorization": "Bearer " + self.token}
-            data = None
-            if body is not None:
-                data = json.dumps(body).encode()
-                h["Content-Type"] = "application/json"
-            try:
-                self.conn.request(method, path, body=data, headers=h)
-                resp = self.conn.getresponse()
-                payload = resp.read()
-                return resp.status, json.loads(payload) if payload else None
-            except (http.client.HTTPException, OSError):
-                self.conn.close()
-                self.conn = None
-                if attempt:
-                    raise
-
-    def start(self, url):
-        status, body = self.request("POST", "/api/start-task", {"prompt": PROMPT, "repo_url": url, "model": "shell"})
-        if status != 200:
-            raise RuntimeError("start-task answered %d: %r" % (status, body))
-        return body["task_id"]
-
-    def status(self, tid):
-        status, body = self.request("GET", "/api/task-status/%d" % tid)
-        if status != 200:
-            raise RuntimeError("task-status answered %d: %r" % (status, body))
-        return body["task"]["status"]
-
-    def row(self, tid):
-        status, body = self.request("GET", "/api/tasks/%d" % tid)
-        if status != 200:
-            raise RuntimeError("GET /api/tasks/%d answered %d" % (tid, status))
-        return body["task"]
-
-    def wait(self, tid, timeout=TASK_TIMEOUT_S):
-        deadline = time.time() + timeout
-        while True:
-            st = self.status(tid)
-            if st in ("completed", "failed", "cancelled"):
-                return st, time.perf_counter()
-            if time.time() > deadline:
-                raise RuntimeError("task %d still %s after %ss" % (tid, st, timeout))
-            time.sleep(POLL_MS / 1000)
-
-    def step_durations(self, tid):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", "/api/tasks/%d/events" % tid, headers={"Authorization": "Bearer " + self.token})
-            raw = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        steps = {}
-        for block in raw.split("\n\n"):
-            for line in block.split("\n"):
-                if line.startswith("data: {") and '"type":"step"' in line.replace(" ", ""):
-                    d = json.loads(line[6:])["data"]
-                    if d.get("state") == "finished":
-                        steps[d["name"]] = d["duration_ms"]
-        return steps
-
-
-def iso_ms(s):
-    # 2026-11-27T09:29:33.726Z -> epoch ms
-    import datetime
-    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000
-
-
-def pct(values, p):
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    k = (len(v) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+    timeout_s, poll_ms, task_timeout_s = 30, POLL_MS, TASK_TIMEOUT_S
 
 
 def dist(values):
-    return {"n": len(values), "median": round(statistics.median(values), 1), "p95": round(pct(values, 95), 1),
-            "min": round(min(values), 1), "max": round(max(values), 1), "mean": round(statistics.mean(values), 1)}
+    return common.dist(values, mean=True)
 
 
 # -- phases ----------------------------------------------------------------------------------------
@@ -366,11 +233,7 @@ def phase_burst(srv, url, label):
     queue_ms = [iso_ms(r["started_at"]) - iso_ms(r["created_at"]) for r in rows if r["started_at"]]
     run_ms = [iso_ms(r["completed_at"]) - iso_ms(r["started_at"]) for r in rows if r["completed_at"]]
     # Concurrency actually reached, from the server's timestamps.
-    edges = sorted([(iso_ms(r["started_at"]), 1) for r in rows] + [(iso_ms(r["completed_at"]), -1) for r in rows])
-    level = peak = 0
-    for _, d in edges:
-        level += d
-        peak = max(peak, level)
+    peak = peak_level([(iso_ms(r["started_at"]), 1) for r in rows] + [(iso_ms(r["completed_at"]), -1) for r in rows])
     return {
         "label": label, "tasks": BURST_TASKS, "users": BURST_USERS,
         "submitted_s": round(submitted - t0, 3), "total_s": round(total, 2),
@@ -410,13 +273,7 @@ def phase_memory(srv, url, n):
     samples, sandbox = [], []
     for _ in range(6):
         samples.append(rss_kb(srv.proc.pid))
-        tree = 0
-        for p in descendants(srv.proc.pid):
-            try:
-                tree += rss_kb(p)
-            except OSError:
-                pass
-        sandbox.append(tree)
+        sandbox.append(sum(rss_kb(p) for p in descendants(srv.proc.pid)))
         time.sleep(0.25)
     busy_kb = statistics.median(samples)
     for ci, tid in ids:
@@ -569,12 +426,7 @@ def main():
         repos.close()
     res["loadavg_at_end"] = open("/proc/loadavg").read().strip()
     text = summary(res)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(text)
-    print(text)
-    log("raw results: %s" % os.path.relpath(out_dir, ROOT))
+    write_results(out_dir, res, text)
     seq = res.get("sequential") or {"completed": SEQ_TASKS}
     ok = (not seq.get("crashed") and seq["completed"] == SEQ_TASKS and not any(
         m.get("crashes") for m in res["memory"]) and all(
