@@ -44,126 +44,28 @@ Faults (opts, also settable at run time via server.opts or POST /_fake/config): 
 fail_next + fail_status (500 api_error, 529 overloaded_error, 429 rate_limit_error, ...), delay_ms,
 hang / hang_next (streams that never end), stream_error_next (an SSE "error" event mid-stream).
 Control endpoints (not logged): GET /_fake/requests, POST /_fake/config, POST /_fake/reset.
+
+The planner, the request log, the control endpoints, the faults and the key check are shared with
+openai_api.py in model_api.py.
 """
-import argparse
-import http.server
 import json
 import os
-import random
 import re
-import select
-import shlex
 import sys
-import threading
 import time
-import urllib.parse
 import uuid
 
-DEFAULTS = {
-    "script": None,        # dict or path of a JSON file, see above
-    "api_keys": None,      # list of accepted keys (x-api-key or Bearer); None: any non-empty key
-    "model": None,         # model name in answers (default: the requested one)
-    "fail_rate": 0.0, "fail_next": 0, "fail_status": 500,
-    "delay_ms": 0, "chunk_delay_ms": 0,
-    "hang": False, "hang_next": 0, "stream_error_next": 0,
-    "log": None, "seed": None,
-}
+try:
+    from . import model_api as base
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import model_api as base
+
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                500: "api_error", 529: "overloaded_error"}
 ERROR_MESSAGES = {529: "Overloaded", 500: "Internal server error", 429: "Number of request tokens has "
                   "exceeded your per-minute rate limit", 401: "invalid x-api-key"}
-
-# -- the script / prompt planner (shared with openai_api.py) ------------------------------------
-
-DIRECTIVE = re.compile(r"^\s*(write|create|edit|bash|run|reply|fake-error|fake-delay|fake-hang)\b\s*(.*)$",
-                       re.IGNORECASE)
-
-
-def load_script(script):
-    if isinstance(script, str):
-        with open(script) as f:
-            return json.load(f)
-    return script
-
-
-def parse_directives(text):
-    """Directives of a prompt -> {"turns": [...], "final": str|None, "fault": {...}} or None."""
-    turns, final, fault = [], None, {}
-    for line in text.splitlines():
-        m = DIRECTIVE.match(line)
-        if not m:
-            continue
-        verb, rest = m.group(1).lower(), m.group(2).strip()
-        if verb in ("write", "create"):
-            path, sep, content = rest.partition(":")
-            if not sep or not path.strip() or " " in path.strip():
-                continue
-            content = content.strip()
-            if content.startswith('"'):
-                try:
-                    content = json.loads(content)
-                except ValueError:
-                    content += "\n"
-            else:
-                content += "\n"
-            turns.append({"write": {"path": path.strip(), "content": content}})
-        elif verb == "edit":
-            path, sep, change = rest.partition(":")
-            old, arrow, new = change.partition("=>")
-            if sep and arrow and path.strip() and " " not in path.strip():
-                turns.append({"edit": {"path": path.strip(), "old": old.strip(), "new": new.strip()}})
-        elif verb in ("bash", "run") and rest.startswith(":"):
-            turns.append({"bash": rest[1:].strip()})
-        elif verb == "reply" and rest.startswith(":"):
-            final = rest[1:].strip()
-        elif verb == "fake-error" and rest.startswith(":"):
-            fault["error"] = int(rest[1:].strip().split()[0])
-        elif verb == "fake-delay" and rest.startswith(":"):
-            fault["delay_ms"] = int(rest[1:].strip().split()[0])
-        elif verb == "fake-hang":
-            fault["hang"] = True
-    if not turns and final is None and not fault:
-        return None
-    return {"turns": turns, "final": final, "fault": fault}
-
-
-def describe(turn):
-    for k in ("write", "edit"):
-        if k in turn:
-            return "%s %s" % ("wrote" if k == "write" else "edited", turn[k]["path"])
-    if "bash" in turn:
-        return "ran `%s`" % turn["bash"]
-    return None
-
-
-def final_text(plan, last_error=None):
-    if plan.get("final"):
-        text = plan["final"]
-    else:
-        done = [d for d in (describe(t) for t in plan.get("turns", [])) if d]
-        text = ("Done: " + "; ".join(done) + ".") if done else "Hello from the fake model. Nothing to do."
-    if last_error:
-        text += "\n(The last tool reported an error: %s)" % last_error[:300]
-    return text
-
-
-def shell_for(turn):
-    """A shell command doing a write/edit/bash turn (for agents whose only tool is a shell)."""
-    if "bash" in turn:
-        return turn["bash"]
-    if "write" in turn:
-        p, c = turn["write"]["path"], turn["write"]["content"]
-        d = os.path.dirname(p)
-        return ("mkdir -p %s && " % shlex.quote(d) if d else "") + "printf '%%s' %s > %s" % (
-            shlex.quote(c), shlex.quote(p))
-    if "edit" in turn:
-        e = turn["edit"]
-        prog = ("import sys; p, o, n = sys.argv[1:]; s = open(p).read(); "
-                "assert o in s, 'old text not found'; open(p, 'w').write(s.replace(o, n, 1))")
-        return "python3 -c %s %s %s %s" % (shlex.quote(prog), shlex.quote(e["path"]), shlex.quote(e["old"]),
-                                           shlex.quote(e["new"]))
-    return None
 
 
 # -- Anthropic specifics -----------------------------------------------------------------------
@@ -258,30 +160,14 @@ def tool_calls(turn, cwd):
     return []
 
 
-def tokens_of(obj):
-    return max(1, len(json.dumps(obj)) // 4)
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(base.Handler):
     server_version = "fake-anthropic/1"
+    request_id_prefix, request_id_hex = "req_fake_", 20
+    missing_key_message = "x-api-key header is required"
+    wrong_key_message = "invalid x-api-key"
 
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, obj, headers=None, ctype="application/json"):
-        body = b"" if obj is None else json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("request-id", self.request_id)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        if self.entry is not None:
-            self.entry["status"] = status
+    def _api_key(self):
+        return self.headers.get("x-api-key") or super()._api_key()
 
     def _error(self, status, message=None):
         etype = ERROR_TYPES.get(status, "api_error")
@@ -291,63 +177,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, {"type": "error", "error": {"type": etype, "message": message or
                    ERROR_MESSAGES.get(status, etype)}, "request_id": self.request_id}, headers)
 
-    def _control(self, path, raw):
-        srv = self.server
-        if path == "/_fake/requests":
-            return self._send(200, srv.requests)
-        if path == "/_fake/config" and self.command == "POST":
-            srv.opts.update(json.loads(raw or b"{}"))
-        elif path == "/_fake/reset" and self.command == "POST":
-            with srv.lock:
-                del srv.requests[:]
-                srv.turn_errors.clear()
-        self._send(200, srv.opts)
-
-    def _take(self, name):
-        with self.server.lock:
-            if self.server.opts.get(name, 0) > 0:
-                self.server.opts[name] -= 1
-                return True
-        return False
-
-    def _handle(self):
-        self.entry = None
-        self.request_id = "req_fake_" + uuid.uuid4().hex[:20]
-        url = urllib.parse.urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        if url.path.startswith("/_fake/"):
-            return self._control(url.path, raw)
-        srv, opts = self.server, self.server.opts
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", errors="replace")
-        self.entry = srv.record({"method": self.command, "path": url.path,
-                                 "query": urllib.parse.parse_qs(url.query),
-                                 "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
-        path = url.path.rstrip("/")
-        if path == "" and self.command in ("HEAD", "GET"):
-            return self._send(200, None if self.command == "HEAD" else {"ok": True})
-        if opts.get("delay_ms"):
-            time.sleep(opts["delay_ms"] / 1000.0)
-        if self._take("fail_next") or (opts.get("fail_rate") and srv.rng.random() < opts["fail_rate"]):
-            return self._error(int(opts.get("fail_status") or 500))
-        key = self.headers.get("x-api-key") or ""
-        auth = self.headers.get("Authorization") or ""
-        if auth.lower().startswith("bearer "):
-            key = key or auth[7:].strip()
-        if not key:
-            return self._error(401, "x-api-key header is required")
-        if opts.get("api_keys") and key not in opts["api_keys"]:
-            return self._error(401, "invalid x-api-key")
+    def _route(self, url, path, body):
         if path == "/v1/models" and self.command == "GET":
             data = [{"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"}
                     for m in ("claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5")]
             return self._send(200, {"data": data, "has_more": False, "first_id": data[0]["id"],
                                     "last_id": data[-1]["id"]})
         if path == "/v1/messages/count_tokens" and self.command == "POST":
-            return self._send(200, {"input_tokens": tokens_of(body)})
+            return self._send(200, {"input_tokens": base.tokens_of(body)})
         if path == "/v1/messages" and self.command == "POST":
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
                 return self._error(400, "messages: Field required" if isinstance(body, dict) else
@@ -356,13 +193,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self._error(404, "Not found")
 
     def _messages(self, body):
-        srv, opts = self.server, self.server.opts
+        opts = self.server.opts
         text, history, last_error = conversation_state(body)
-        script = load_script(opts.get("script"))
-        plan = script if script else (parse_directives(text) or {"turns": [], "final": None, "fault": {}})
-        fault = plan.get("fault") or {}
-        if fault.get("delay_ms"):
-            time.sleep(fault["delay_ms"] / 1000.0)
+        plan, fault = self._plan(text)
         if fault.get("error"):
             return self._error(fault["error"])
         # expand script turns into concrete tool calls (edit = Read + Edit)
@@ -373,15 +206,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             calls.extend([(t, c) for c in tc] or [(t, None)])
         turn_index, call = next_call(calls, history)
         turn = calls[turn_index][0] if turn_index < len(calls) else {}
-        if turn.get("error"):
-            key = (turn_index, json.dumps(turn, sort_keys=True))
-            with srv.lock:
-                seen = srv.turn_errors.get(key, 0)
-                srv.turn_errors[key] = seen + 1
-            if seen < turn.get("times", 1):
-                return self._error(int(turn["error"]))
-        if turn.get("delay_ms"):
-            time.sleep(turn["delay_ms"] / 1000.0)
+        status = self._turn_error(turn_index, turn)
+        if status is not None:
+            return self._error(status)
         tools = {t.get("name") for t in body.get("tools") or []}
         content = []
         if call and call["name"] in tools:
@@ -396,40 +223,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             elif turn.get("text") and turn_index < len(calls):
                 final = turn["text"]
             else:
-                final = final_text(plan, last_error)
+                final = base.final_text(plan, last_error)
             content.append({"type": "text", "text": final})
             stop = "end_turn"
         message = {"id": "msg_fake_%s" % uuid.uuid4().hex[:20], "type": "message", "role": "assistant",
                    "model": opts.get("model") or body["model"], "content": content, "stop_reason": stop,
                    "stop_sequence": None,
-                   "usage": {"input_tokens": tokens_of(body.get("messages")), "cache_creation_input_tokens": 0,
-                             "cache_read_input_tokens": 0, "output_tokens": tokens_of(content)}}
+                   "usage": {"input_tokens": base.tokens_of(body.get("messages")), "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0, "output_tokens": base.tokens_of(content)}}
         self.entry["answer"] = {"stop_reason": stop, "content": content}
-        hang = fault.get("hang") or turn.get("hang") or opts.get("hang") or self._take("hang_next")
-        if not body.get("stream"):
-            if hang:
-                return self._hang_plain()
-            return self._send(200, message)
-        self._stream(message, hang)
+        self._answer(body, message, fault, turn)
 
     # -- SSE ---------------------------------------------------------------------------------
-    def _chunk(self, data):
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
-
-    def _event(self, name, obj):
-        self._chunk(("event: %s\ndata: %s\n\n" % (name, json.dumps(obj))).encode())
-        if self.server.opts.get("chunk_delay_ms"):
-            time.sleep(self.server.opts["chunk_delay_ms"] / 1000.0)
-
     def _stream(self, message, hang):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("request-id", self.request_id)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.entry["status"] = 200
+        self._start_sse()
         start = dict(message, content=[], stop_reason=None, stop_sequence=None,
                      usage=dict(message["usage"], output_tokens=1))
         try:
@@ -470,88 +277,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _hang_plain(self):
-        self.entry["status"] = None
-        self.close_connection = True
-        while True:  # never answers; returns when the client gives up (EOF on the socket)
-            readable, _, _ = select.select([self.connection], [], [], 1.0)
-            try:
-                if readable and not self.connection.recv(65536):
-                    return
-            except OSError:
-                return
-
-    do_GET = do_POST = do_HEAD = _handle
-
-
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024  # listen backlog: must be set before the constructor runs listen()
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr, opts, handler=Handler, defaults=DEFAULTS):
-        self.opts = dict(defaults)
-        self.opts.update(opts)
-        self.lock = threading.Lock()
-        self.requests = []
-        self.turn_errors = {}
-        self.rng = random.Random(self.opts.get("seed"))
-        super().__init__(addr, handler)
-
-    def record(self, entry):
-        with self.lock:
-            entry = dict(seq=len(self.requests) + 1, ts=time.time(), **entry)
-            self.requests.append(entry)
-            if self.opts.get("log"):
-                with open(self.opts["log"], "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-        return entry
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.server_address[1]
-
-    def close(self):
-        self.shutdown()
-        self.server_close()
-
 
 def start(port=0, host="127.0.0.1", **opts):
     """Starts the server in a daemon thread. Returns (server, thread, port)."""
-    server = Server((host, port), opts)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server, thread, server.server_address[1]
-
-
-def common_args(p):
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--script", help="JSON script of turns (default: directives in the prompt)")
-    p.add_argument("--api-key", action="append", dest="api_keys", help="accepted key (repeatable; default any)")
-    p.add_argument("--model", help="model name in answers (default: the requested one)")
-    p.add_argument("--fail-rate", type=float, default=0.0)
-    p.add_argument("--fail-next", type=int, default=0)
-    p.add_argument("--fail-status", type=int, default=500)
-    p.add_argument("--delay-ms", type=int, default=0)
-    p.add_argument("--chunk-delay-ms", type=int, default=0, help="pause between SSE events")
-    p.add_argument("--hang", action="store_true", help="every model answer streams forever")
-    p.add_argument("--hang-next", type=int, default=0)
-    p.add_argument("--stream-error-next", type=int, default=0)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--log", help="append one JSON line per request to this file")
-    return p
+    return base.start(Handler, port, host, **opts)
 
 
 def main():
-    a = common_args(argparse.ArgumentParser(description="fake Anthropic Messages API")).parse_args()
-    opts = {k: v for k, v in vars(a).items() if k not in ("port", "host")}
-    server, thread, port = start(port=a.port, host=a.host, **opts)
-    print("anthropic_api listening on http://%s:%d" % (a.host, port), flush=True)
-    try:
-        thread.join()
-    except KeyboardInterrupt:
-        pass
+    base.main("anthropic_api", "fake Anthropic Messages API", start)
 
 
 if __name__ == "__main__":

@@ -25,21 +25,19 @@ scripted with {"function_call": {"name": ..., "arguments": {...}}}. Then a final
 Faults: fail_rate, fail_next + fail_status (500 server_error, 429 rate_limit_exceeded, 401, 400 ...),
 delay_ms, hang / hang_next (a stream that never ends), stream_error_next (response.failed mid-stream).
 Control endpoints (not logged): GET /_fake/requests, POST /_fake/config, POST /_fake/reset.
+The planner, the request log, the control endpoints, the faults and the key check are model_api.py's.
 """
-import argparse
 import json
 import os
 import sys
-import threading
 import time
-import urllib.parse
 import uuid
 
 try:
-    from . import anthropic_api as base
+    from . import model_api as base
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import anthropic_api as base
+    import model_api as base
 
 SHELL_TOOL = "exec_command"
 ERRORS = {  # status -> (type, code, message), as the OpenAI API answers them
@@ -83,6 +81,11 @@ def function_call(turn):
 
 class Handler(base.Handler):
     server_version = "fake-openai/1"
+    request_id_prefix, request_id_hex = "req_", 24
+    stream_id_header = "x-request-id"
+    missing_key_message = ("You didn't provide an API key. You need to provide your API key in an Authorization "
+                           "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+    wrong_key_message = "Incorrect API key provided: {key_prefix}***."
 
     def _error(self, status, message=None):
         etype, code, msg = ERRORS.get(status, ("server_error", None, "error"))
@@ -90,39 +93,14 @@ class Handler(base.Handler):
         self._send(status, {"error": {"message": message or msg, "type": etype, "param": None, "code": code}},
                    headers)
 
-    def _handle(self):
-        self.entry = None
-        self.request_id = "req_" + uuid.uuid4().hex[:24]
-        url = urllib.parse.urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        if url.path.startswith("/_fake/"):
-            return self._control(url.path, raw)
-        srv, opts = self.server, self.server.opts
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", errors="replace")
-        self.entry = srv.record({"method": self.command, "path": url.path,
-                                 "query": urllib.parse.parse_qs(url.query),
-                                 "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
-        path = url.path.rstrip("/")
-        if path == "" and self.command in ("HEAD", "GET"):
-            return self._send(200, None if self.command == "HEAD" else {"ok": True})
+    def _before_checks(self, path):
         if path.endswith("/responses") and self.command == "GET":  # Responses over WebSocket: not offered
-            return self._send(426, {"error": {"message": "WebSocket not supported by this server",
-                                              "type": "invalid_request_error", "param": None, "code": None}})
-        if opts.get("delay_ms"):
-            time.sleep(opts["delay_ms"] / 1000.0)
-        if self._take("fail_next") or (opts.get("fail_rate") and srv.rng.random() < opts["fail_rate"]):
-            return self._error(int(opts.get("fail_status") or 500))
-        auth = self.headers.get("Authorization") or ""
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        if not key:
-            return self._error(401, "You didn't provide an API key. You need to provide your API key in an "
-                               "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
-        if opts.get("api_keys") and key not in opts["api_keys"]:
-            return self._error(401, "Incorrect API key provided: %s***." % key[:3])
+            self._send(426, {"error": {"message": "WebSocket not supported by this server",
+                                       "type": "invalid_request_error", "param": None, "code": None}})
+            return True
+        return False
+
+    def _route(self, url, path, body):
         if path.endswith("/models") and self.command == "GET":
             data = [{"id": m, "object": "model", "created": 1767225600, "owned_by": "openai"}
                     for m in ("gpt-5.5", "gpt-5-codex", "gpt-4.1")]
@@ -146,26 +124,16 @@ class Handler(base.Handler):
         return self._error(404, "Invalid URL (%s %s)" % (self.command, url.path))
 
     def _responses(self, body):
-        srv, opts = self.server, self.server.opts
+        opts = self.server.opts
         text, turn_index, _ = conversation_state(body)
-        script = base.load_script(opts.get("script"))
-        plan = script if script else (base.parse_directives(text) or {"turns": [], "final": None, "fault": {}})
-        fault = plan.get("fault") or {}
-        if fault.get("delay_ms"):
-            time.sleep(fault["delay_ms"] / 1000.0)
+        plan, fault = self._plan(text)
         if fault.get("error"):
             return self._error(fault["error"])
         turns = plan.get("turns", [])
         turn = turns[turn_index] if turn_index < len(turns) else {}
-        if turn.get("error"):
-            key = (turn_index, json.dumps(turn, sort_keys=True))
-            with srv.lock:
-                seen = srv.turn_errors.get(key, 0)
-                srv.turn_errors[key] = seen + 1
-            if seen < turn.get("times", 1):
-                return self._error(int(turn["error"]))
-        if turn.get("delay_ms"):
-            time.sleep(turn["delay_ms"] / 1000.0)
+        status = self._turn_error(turn_index, turn)
+        if status is not None:
+            return self._error(status)
         tools = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
         fc = function_call(turn) if turn else None
         output = []
@@ -194,24 +162,15 @@ class Handler(base.Handler):
                           "output_tokens": out_tok, "output_tokens_details": {"reasoning_tokens": 0},
                           "total_tokens": in_tok + out_tok}}
         self.entry["answer"] = {"output": output}
-        hang = fault.get("hang") or turn.get("hang") or opts.get("hang") or self._take("hang_next")
-        if not body.get("stream"):
-            return self._hang_plain() if hang else self._send(200, resp)
-        self._stream_response(resp, hang)
+        self._answer(body, resp, fault, turn)
 
     @staticmethod
     def _message_item(text):
         return {"id": "msg_%s" % uuid.uuid4().hex[:24], "type": "message", "status": "completed",
                 "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}
 
-    def _stream_response(self, resp, hang):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("x-request-id", self.request_id)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.entry["status"] = 200
+    def _stream(self, resp, hang):
+        self._start_sse()
         seq = [0]
 
         def ev(obj):
@@ -266,26 +225,14 @@ class Handler(base.Handler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    do_GET = do_POST = do_HEAD = _handle
-
 
 def start(port=0, host="127.0.0.1", **opts):
     """Starts the server in a daemon thread. Returns (server, thread, port)."""
-    server = base.Server((host, port), opts, handler=Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server, thread, server.server_address[1]
+    return base.start(Handler, port, host, **opts)
 
 
 def main():
-    a = base.common_args(argparse.ArgumentParser(description="fake OpenAI Responses API")).parse_args()
-    opts = {k: v for k, v in vars(a).items() if k not in ("port", "host")}
-    server, thread, port = start(port=a.port, host=a.host, **opts)
-    print("openai_api listening on http://%s:%d" % (a.host, port), flush=True)
-    try:
-        thread.join()
-    except KeyboardInterrupt:
-        pass
+    base.main("openai_api", "fake OpenAI Responses API", start)
 
 
 if __name__ == "__main__":
