@@ -326,11 +326,18 @@ void host_log_flush(void)
 }
 
 /* Finishes the line, redacts it into `out` (room for LINE_MAX_BYTES + 64) and
- * returns the length, newline included. */
-static size_t finish_line(line_t *l, char *out)
+ * returns the length, newline included. `redacted`: its client-supplied parts were
+ * redacted one by one already (an access-log line), so it is copied as it is. */
+static size_t finish_line(line_t *l, char *out, int redacted)
 {
     put(l, "}", 1);
-    size_t n = host_redact(l->buf, l->len, out, LINE_MAX_BYTES + 62);
+    size_t n;
+    if (redacted) {
+        n = l->len < LINE_MAX_BYTES + 61 ? l->len : LINE_MAX_BYTES + 61;
+        memcpy(out, l->buf, n);
+    } else {
+        n = host_redact(l->buf, l->len, out, LINE_MAX_BYTES + 62);
+    }
     out[n++] = '\n';
     return n;
 }
@@ -340,7 +347,7 @@ static void emit(line_t *l)
     static __thread char *tl_buf; /* per thread: lines are written concurrently */
     if (tl_buf == NULL)
         tl_buf = malloc(LINE_MAX_BYTES + 64);
-    size_t n = finish_line(l, tl_buf);
+    size_t n = finish_line(l, tl_buf, 0);
     write_all(tl_buf, n);
 }
 
@@ -348,14 +355,17 @@ static void emit(line_t *l)
 static void emit_batched(line_t *l)
 {
     if (batch.buf == NULL) {
-        emit(l);
+        static __thread char *tl_buf;
+        if (tl_buf == NULL)
+            tl_buf = malloc(LINE_MAX_BYTES + 64);
+        write_all(tl_buf, finish_line(l, tl_buf, 1));
         return;
     }
     /* A pipe keeps only PIPE_BUF bytes whole: never let one write exceed batch_cap
      * (a single line longer than that is written alone, as it always was). */
     if (batch.len > 0 && batch.cap - batch.len < LINE_MAX_BYTES + 64)
         host_log_flush();
-    size_t n = finish_line(l, batch.buf + batch.len);
+    size_t n = finish_line(l, batch.buf + batch.len, 1);
     if (batch.len > 0 && batch.len + n > batch_cap) {
         /* The new line would push this write past what the sink keeps whole: write
          * the earlier lines, then move the new one to the front. */
@@ -423,6 +433,21 @@ static size_t format_status_duration(char *out, size_t cap, int status, double d
     return n;
 }
 
+/*
+ * A client-supplied field of an access-log line (method, path, user id), redacted
+ * on its own before it is escaped: the rest of the line is the host's own text (time,
+ * hex request id, keys, numbers), which cannot hold a secret, so the line needs no
+ * second pass over it. The whole value is scanned even when the line will cut it, so
+ * a secret across the cut still becomes (a cut) "[redacted]".
+ */
+static void put_client_string(line_t *l, const char *s, size_t n)
+{
+    static __thread char *tmp;
+    if (tmp == NULL)
+        tmp = malloc(LINE_MAX_BYTES + 1);
+    put_json_string(l, tmp, host_redact(s, n, tmp, LINE_MAX_BYTES + 1));
+}
+
 void host_log_request(const char *request_id, const char *method, size_t method_len,
                       const char *path, size_t path_len, int status, double duration_ms,
                       const char *user_id)
@@ -434,13 +459,13 @@ void host_log_request(const char *request_id, const char *method, size_t method_
     put_str(&l, ",\"level\":\"info\",\"msg\":\"request\",\"request_id\":");
     put_json_string(&l, request_id, strlen(request_id));
     put_str(&l, ",\"method\":");
-    put_json_string(&l, method, method_len);
+    put_client_string(&l, method, method_len);
     put_str(&l, ",\"path\":");
-    put_json_string(&l, path, path_len);
+    put_client_string(&l, path, path_len);
     put(&l, num, format_status_duration(num, sizeof(num), status, duration_ms));
     put_str(&l, ",\"user_id\":");
     if (user_id != NULL)
-        put_json_string(&l, user_id, strlen(user_id));
+        put_client_string(&l, user_id, strlen(user_id));
     else
         put_str(&l, "null");
     emit_batched(&l);

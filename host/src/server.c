@@ -490,8 +490,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     memset(r, 0, sizeof(*r));
     r->req = req;
     r->worker = w;
-    r->started_ms = host_now_ms();
     r->started_us = now_us();
+    r->started_ms = r->started_us / 1000; /* host_now_ms's clock (CLOCK_MONOTONIC) */
     host_timer_init(&r->timeout, on_request_timeout, r);
     make_request_id(w, r->request_id);
 

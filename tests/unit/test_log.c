@@ -299,6 +299,21 @@ static void test_request_line(void)
     ok(got && strstr(line, "canary") == NULL && line[strlen(line) - 1] == '\n' &&
            strlen(line) < 16384 + 64,
        "an over-long line is truncated, redacted and newline-terminated");
+
+    /* Each client-supplied field is redacted on its own. */
+    host_log_request("0123456789abcdef", "canary-secret-value-0123456789", 30,
+                     "/a/canary-secret-value-0123456789/b", 35, 404, 1.0,
+                     "user canary-secret-value-0123456789");
+    got = next_line(f, line, sizeof(line)) == 0;
+    ok(got && strstr(line, "canary") == NULL && strstr(line, "\"method\":\"[redacted]\"") != NULL &&
+           strstr(line, "\"user_id\":\"user [redacted]\"") != NULL &&
+           strstr(line, "\"path\":\"/a/[redacted]/b\"") != NULL,
+       "secrets in method, path and user id are redacted");
+    host_log_request("0123456789abcdef", "GET", 3, "/\x01ghp_abcdefghijklmnopqrstuvwxyz0123", 37,
+                     200, 1.0, NULL);
+    got = next_line(f, line, sizeof(line)) == 0;
+    ok(got && strstr(line, "ghp_") == NULL && strstr(line, "\\u0001[redacted]") != NULL,
+       "a credential after a control character is redacted before escaping");
     fclose(f);
     unlink(path);
     host_log_open("/dev/null");
