@@ -276,6 +276,59 @@ static int start_stream(request_rec_t *r, lua_State *L, int status, const char *
     return 0;
 }
 
+/*
+ * The field names of the request and response tables, and the fixed values among them,
+ * interned once per generation into an array in its registry. The C API's
+ * lua_setfield/lua_getfield("name") find a C string's Lua string through a cache keyed
+ * by address plus a strcmp on every call; rawgeti of an array slot does not.
+ */
+enum {
+    N_METHOD = 1,
+    N_PATH,
+    N_QUERY,
+    N_HEADERS,
+    N_BODY,
+    N_REMOTE_ADDR,
+    N_REQUEST_ID,
+    N_SCHEME,
+    N_VERSION,
+    N_STATUS,
+    N_USER_ID,
+    N_STREAM,
+    N_HTTP,
+    N_HTTPS,
+    N_HTTP_1_1,
+    N_HTTP_2,
+    N_COUNT
+};
+static const char *const names[N_COUNT] = {
+    NULL,          "method",     "path",   "query",    "headers", "body",
+    "remote_addr", "request_id", "scheme", "version",  "status",  "user_id",
+    "stream",      "http",       "https",  "HTTP/1.1", "HTTP/2",
+};
+
+/* Pushes the generation's names array; returns its absolute index. */
+static int push_names(lua_State *L, host_gen_t *gen)
+{
+    if (gen->names_ref == 0) {
+        lua_createtable(L, N_COUNT - 1, 0);
+        for (int i = 1; i < N_COUNT; ++i) {
+            lua_pushstring(L, names[i]);
+            lua_rawseti(L, -2, i);
+        }
+        gen->names_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, gen->names_ref);
+    return lua_gettop(L);
+}
+
+/* t[name] (metamethods honoured, as lua_getfield) pushed; n: the names array. */
+static inline int get_named(lua_State *L, int n, int t, int name)
+{
+    lua_rawgeti(L, n, name);
+    return lua_gettable(L, t);
+}
+
 /* Reads the handler's response table (top of L) and sends it. Returns the status,
  * 0 when a streaming response has started, or -1 when the table is invalid. */
 static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_id_out)
@@ -285,24 +338,27 @@ static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_i
     *user_id_out = NULL;
     if (!lua_istable(L, t))
         return -1;
-    lua_getfield(L, t, "status");
+    int nm = push_names(L, host_co_current(L)->gen);
+    get_named(L, nm, t, N_STATUS);
     int isnum;
     lua_Integer status = lua_tointegerx(L, -1, &isnum);
     lua_pop(L, 1);
-    if (!isnum || status < 100 || status > 599)
+    if (!isnum || status < 100 || status > 599) {
+        lua_settop(L, t);
         return -1;
-    lua_getfield(L, t, "body");
+    }
+    get_named(L, nm, t, N_BODY);
     size_t body_len = 0;
     const char *body = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &body_len) : "";
     int body_idx = lua_gettop(L);
-    lua_getfield(L, t, "user_id");
+    get_named(L, nm, t, N_USER_ID);
     if (lua_type(L, -1) == LUA_TSTRING)
         *user_id_out = h2o_strdup(&req->pool, lua_tostring(L, -1), SIZE_MAX).base;
     lua_pop(L, 1);
 
     req->res.status = (int)status;
     req->res.reason = reason_phrase((int)status);
-    lua_getfield(L, t, "headers");
+    get_named(L, nm, t, N_HEADERS);
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
         while (lua_next(L, -2) != 0) {
@@ -324,16 +380,17 @@ static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_i
     lua_pop(L, 1);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
                           r->request_id, strlen(r->request_id));
-    lua_getfield(L, t, "stream");
+    get_named(L, nm, t, N_STREAM);
     if (lua_isfunction(L, -1)) {
         int rc = start_stream(r, L, (int)status, *user_id_out);
-        lua_settop(L, body_idx - 1);
+        lua_settop(L, t);
         return rc;
     }
     lua_pop(L, 1);
     req->res.content_length = body_len;   /* a Content-Length instead of chunked encoding */
     h2o_send_inline(req, body, body_len); /* copies the body into the request pool */
-    lua_settop(L, body_idx - 1);
+    lua_settop(L, t);
+    (void)body_idx;
     return (int)status;
 }
 
@@ -439,17 +496,27 @@ static void push_remote_addr(lua_State *L, h2o_req_t *req)
     lua_pushstring(L, addr);
 }
 
+/* t[names[name]] = the value on top of the stack (t is a fresh plain table). */
+static inline void set_named(lua_State *L, int n, int t, int name)
+{
+    lua_rawgeti(L, n, name);
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
 /* Pushes the Lua request table onto L. */
 static void push_request(lua_State *L, h2o_req_t *req, request_rec_t *r)
 {
+    int n = push_names(L, host_co_current(L)->gen);
     lua_createtable(L, 0, 10);
+    int t = lua_gettop(L);
     lua_pushlstring(L, req->method.base, req->method.len);
-    lua_setfield(L, -2, "method");
+    set_named(L, n, t, N_METHOD);
     lua_pushlstring(L, req->path_normalized.base, req->path_normalized.len);
-    lua_setfield(L, -2, "path");
+    set_named(L, n, t, N_PATH);
     if (req->query_at != SIZE_MAX) {
         lua_pushlstring(L, req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
-        lua_setfield(L, -2, "query");
+        set_named(L, n, t, N_QUERY);
     }
     lua_createtable(L, 0, (int)req->headers.size);
     for (size_t i = 0; i != req->headers.size; ++i) {
@@ -467,19 +534,20 @@ static void push_request(lua_State *L, h2o_req_t *req, request_rec_t *r)
         }
         lua_rawset(L, -3);
     }
-    lua_setfield(L, -2, "headers");
+    set_named(L, n, t, N_HEADERS);
     if (req->entity.base != NULL) {
         lua_pushlstring(L, req->entity.base, req->entity.len);
-        lua_setfield(L, -2, "body");
+        set_named(L, n, t, N_BODY);
     }
     push_remote_addr(L, req);
-    lua_setfield(L, -2, "remote_addr");
-    lua_pushstring(L, r->request_id);
-    lua_setfield(L, -2, "request_id");
-    lua_pushstring(L, req->scheme == &H2O_URL_SCHEME_HTTPS ? "https" : "http");
-    lua_setfield(L, -2, "scheme");
-    lua_pushstring(L, req->version >= 0x200 ? "HTTP/2" : "HTTP/1.1");
-    lua_setfield(L, -2, "version");
+    set_named(L, n, t, N_REMOTE_ADDR);
+    lua_pushlstring(L, r->request_id, 16);
+    set_named(L, n, t, N_REQUEST_ID);
+    lua_rawgeti(L, n, req->scheme == &H2O_URL_SCHEME_HTTPS ? N_HTTPS : N_HTTP);
+    set_named(L, n, t, N_SCHEME);
+    lua_rawgeti(L, n, req->version >= 0x200 ? N_HTTP_2 : N_HTTP_1_1);
+    set_named(L, n, t, N_VERSION);
+    lua_remove(L, n); /* the request table is left on top */
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)

@@ -30,6 +30,7 @@ typedef struct host_gen_t {
     host_lua_heap_t *heap; /* L's allocator (host/lua_heap.h), freed after lua_close */
     int handle_ref;        /* registry ref of app.server.handle */
     int module_ref;        /* registry ref of the entry module (for its optional start hook) */
+    int names_ref;         /* registry ref of the request/response field names (server.c), or 0 */
     unsigned id;
     unsigned refs;
     int retired;
