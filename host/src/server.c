@@ -277,7 +277,7 @@ static int start_stream(request_rec_t *r, lua_State *L, int status, const char *
 }
 
 /*
- * The field names of the request and response tables, and the fixed values among them,
+ * The field names of the request table, and the fixed values among them,
  * interned once per generation into an array in its registry. The C API's
  * lua_setfield/lua_getfield("name") find a C string's Lua string through a cache keyed
  * by address plus a strcmp on every call; rawgeti of an array slot does not.
@@ -292,9 +292,6 @@ enum {
     N_REQUEST_ID,
     N_SCHEME,
     N_VERSION,
-    N_STATUS,
-    N_USER_ID,
-    N_STREAM,
     N_HTTP,
     N_HTTPS,
     N_HTTP_1_1,
@@ -302,9 +299,8 @@ enum {
     N_COUNT
 };
 static const char *const names[N_COUNT] = {
-    NULL,          "method",     "path",   "query",    "headers", "body",
-    "remote_addr", "request_id", "scheme", "version",  "status",  "user_id",
-    "stream",      "http",       "https",  "HTTP/1.1", "HTTP/2",
+    NULL,         "method", "path",    "query", "headers", "body",     "remote_addr",
+    "request_id", "scheme", "version", "http",  "https",   "HTTP/1.1", "HTTP/2",
 };
 
 /* Pushes the generation's names array; returns its absolute index. */
@@ -322,46 +318,35 @@ static int push_names(lua_State *L, host_gen_t *gen)
     return lua_gettop(L);
 }
 
-/* t[name] (metamethods honoured, as lua_getfield) pushed; n: the names array. */
-static inline int get_named(lua_State *L, int n, int t, int name)
-{
-    lua_rawgeti(L, n, name);
-    return lua_gettable(L, t);
-}
-
-/* Reads the handler's response table (top of L) and sends it. Returns the status,
- * 0 when a streaming response has started, or -1 when the table is invalid. */
-static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_id_out)
+/*
+ * Sends the response app.server.handle returned: status, body (string), headers
+ * (table), user_id (string, for the access log) and, for a streaming response, the
+ * stream function; the last `nresults` values on L. Returns the status, 0 when a
+ * streaming response has started, or -1 when the results are invalid.
+ */
+static int send_lua_response(request_rec_t *r, lua_State *L, int nresults, const char **user_id_out)
 {
     h2o_req_t *req = r->req;
-    int t = lua_gettop(L);
+    int top = lua_gettop(L), base = top - nresults; /* result i is at base + i */
     *user_id_out = NULL;
-    if (!lua_istable(L, t))
+    if (nresults < 1)
         return -1;
-    int nm = push_names(L, host_co_current(L)->gen);
-    get_named(L, nm, t, N_STATUS);
     int isnum;
-    lua_Integer status = lua_tointegerx(L, -1, &isnum);
-    lua_pop(L, 1);
-    if (!isnum || status < 100 || status > 599) {
-        lua_settop(L, t);
+    lua_Integer status = lua_tointegerx(L, base + 1, &isnum);
+    if (!isnum || status < 100 || status > 599)
         return -1;
-    }
-    get_named(L, nm, t, N_BODY);
     size_t body_len = 0;
-    const char *body = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &body_len) : "";
-    int body_idx = lua_gettop(L);
-    get_named(L, nm, t, N_USER_ID);
-    if (lua_type(L, -1) == LUA_TSTRING)
-        *user_id_out = h2o_strdup(&req->pool, lua_tostring(L, -1), SIZE_MAX).base;
-    lua_pop(L, 1);
+    const char *body = nresults >= 2 && lua_type(L, base + 2) == LUA_TSTRING
+                           ? lua_tolstring(L, base + 2, &body_len)
+                           : "";
+    if (nresults >= 4 && lua_type(L, base + 4) == LUA_TSTRING)
+        *user_id_out = h2o_strdup(&req->pool, lua_tostring(L, base + 4), SIZE_MAX).base;
 
     req->res.status = (int)status;
     req->res.reason = reason_phrase((int)status);
-    get_named(L, nm, t, N_HEADERS);
-    if (lua_istable(L, -1)) {
+    if (nresults >= 3 && lua_istable(L, base + 3)) {
         lua_pushnil(L);
-        while (lua_next(L, -2) != 0) {
+        while (lua_next(L, base + 3) != 0) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
                 size_t nlen, vlen;
                 const char *name = lua_tolstring(L, -2, &nlen),
@@ -377,27 +362,22 @@ static int send_lua_response(request_rec_t *r, lua_State *L, const char **user_i
             lua_pop(L, 1);
         }
     }
-    lua_pop(L, 1);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
                           r->request_id, strlen(r->request_id));
-    get_named(L, nm, t, N_STREAM);
-    if (lua_isfunction(L, -1)) {
+    if (nresults >= 5 && lua_isfunction(L, base + 5)) {
+        lua_pushvalue(L, base + 5);
         int rc = start_stream(r, L, (int)status, *user_id_out);
-        lua_settop(L, t);
+        lua_settop(L, top);
         return rc;
     }
-    lua_pop(L, 1);
     req->res.content_length = body_len;   /* a Content-Length instead of chunked encoding */
     h2o_send_inline(req, body, body_len); /* copies the body into the request pool */
-    lua_settop(L, t);
-    (void)body_idx;
     return (int)status;
 }
 
 static void on_request_done(host_co_t *co, int status, int nresults)
 {
     request_rec_t *r = co->owner;
-    (void)nresults;
     if (r == NULL)
         return; /* client went away while the coroutine was running */
     r->co = NULL;
@@ -405,7 +385,7 @@ static void on_request_done(host_co_t *co, int status, int nresults)
     const char *user_id = NULL;
     int sent = -1;
     if (status == LUA_OK) {
-        sent = send_lua_response(r, co->L, &user_id);
+        sent = send_lua_response(r, co->L, nresults, &user_id);
         if (sent == 0)
             return; /* streaming: logged when the stream ends */
         if (sent < 0)

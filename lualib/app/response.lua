@@ -8,6 +8,23 @@ local _M = {}
 
 local JSON_TYPE = "application/json"
 
+-- The content-type of a JSON response without other headers: one table shared by
+-- every such response. Nothing may change it; app.server copies before adding headers.
+local JSON_HEADERS = { ["content-type"] = JSON_TYPE }
+
+-- The JSON text of `body` and the headers to send with it, for app.server's hot path:
+-- the headers are the shared JSON_HEADERS when there are no others (read-only!).
+function _M.json_parts(body, headers)
+    local text, err = json.encode(body)
+    if not text then
+        error("response body is not encodable: " .. tostring(err), 2)
+    end
+    if not headers then return text, JSON_HEADERS end
+    local h = { ["content-type"] = JSON_TYPE }
+    for k, v in pairs(headers) do h[k] = v end
+    return text, h
+end
+
 function _M.json(status, body, headers)
     local text, err = json.encode(body)
     if not text then

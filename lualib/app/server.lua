@@ -81,7 +81,7 @@ local function run(req)
     if method == "OPTIONS" and cors.is_preflight(req) then
         local h = cors.preflight_headers(req.headers.origin)
         if not h then errors.raise(403, "Origin not allowed") end
-        return { status = 204, headers = h, body = "" }
+        return 204, "", h
     end
 
     local route, params, allowed = router:match(method, req.path)
@@ -114,8 +114,10 @@ local function run(req)
 
     if BODY_METHODS[method] then parse_body(req, route) end
     local status, body, headers = route.fn(req)
-    if type(status) == "table" then return status end -- a raw response (e.g. static JSON)
-    return response.json(status, body, headers)
+    if type(status) == "table" then -- a raw response (e.g. static JSON, a stream)
+        return status.status, status.body, status.headers, status.stream
+    end
+    return status, response.json_parts(body, headers)
 end
 
 local function unescape(s)
@@ -140,25 +142,33 @@ function _M.start(worker_index)
     engine.start(worker_index)
 end
 
--- Entry point from C. Never raises: every failure becomes a JSON error response.
+-- Entry point from C: returns status, body (a string), headers (a table the caller
+-- must not change: it may be shared), user_id (for the access log) and, for a
+-- streaming response, the stream function. Never raises: every failure becomes a
+-- JSON error response. Results instead of a response table: nothing to allocate.
 function _M.handle(req)
-    local ok, res = xpcall(run, traceback, req)
+    local ok, status, body, headers, stream = xpcall(run, traceback, req)
     if not ok then
-        if errors.is_error(res) then
-            res = response.error(res.status, res.message, req.request_id, res.headers)
+        local err = status
+        local res
+        if errors.is_error(err) then
+            res = response.error(err.status, err.message, req.request_id, err.headers)
         else
             host.log("error", "unhandled error in route", { request_id = req.request_id,
-                error = res.message, path = req.path })
+                error = err.message, path = req.path })
             res = response.error(500, "Internal server error", req.request_id)
         end
+        status, body, headers, stream = res.status, res.body, res.headers, nil
     end
     local origin = req.headers.origin
     local extra = origin ~= nil and cors.response_headers(origin)
     if extra then
-        for k, v in pairs(extra) do res.headers[k] = v end
+        local h = {}
+        for k, v in pairs(headers or {}) do h[k] = v end
+        for k, v in pairs(extra) do h[k] = v end
+        headers = h
     end
-    res.user_id = req.user_id
-    return res
+    return status, body, headers, req.user_id, stream
 end
 
 return _M

@@ -406,7 +406,7 @@ describe("scripts/openapi.json", function()
                 body = type(opts.body) == "string" and opts.body or assert(json.encode(opts.body))
                 headers["content-type"] = headers["content-type"] or "application/json"
             end
-            local res = server.handle(helper.request({ method = method, path = path, query = opts.query,
+            local res = helper.handle(server, helper.request({ method = method, path = path, query = opts.query,
                 headers = headers, body = body }))
             if res.stream and not opts.raw_stream and res.headers["content-type"] ~= "text/event-stream" then
                 -- a streamed JSON answer (the model proxy): read it to its end

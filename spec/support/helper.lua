@@ -6,6 +6,7 @@
 --                               package.preload["host"], with every app/route module unloaded
 --   helper.sandbox(host)        require/finish_loading from the real host/lua/prelude.lua
 --   helper.request(t)           a request table as the C host builds it
+--   helper.handle(server, req)  app.server.handle's results as a response table
 --   helper.catch(fn, ...)       the app.errors error raised by fn (fails if none)
 --   helper.sign_jwt(claims, o)  an HS256 token signed in Lua (expired, alg:none, ...)
 --   helper.configure_jwt(s)     re-configures host_core's jwt (optional Supabase secret)
@@ -124,6 +125,13 @@ end
 
 -- Runs fn and returns the app.errors error it raised. Anything else (no error, or
 -- a non-app error) fails the calling spec with the details.
+-- app.server.handle(req)'s results (status, body, headers, user_id, stream) as one
+-- table, the shape the specs read.
+function _M.handle(server, req)
+    local status, body, headers, user_id, stream = server.handle(req)
+    return { status = status, body = body, headers = headers, user_id = user_id, stream = stream }
+end
+
 function _M.catch(fn, ...)
     local errors = require "app.errors"
     local succeeded, err = pcall(fn, ...)

@@ -21,7 +21,7 @@ describe("app.server", function()
     end)
 
     local function get(path, query)
-        local res = server.handle(helper.request { method = "GET", path = path, query = query })
+        local res = helper.handle(server, helper.request { method = "GET", path = path, query = query })
         return res.status, require("host").json.decode(res.body)
     end
 
@@ -43,5 +43,50 @@ describe("app.server", function()
         -- and nothing leaked into the next request
         local _, body = get("/spec/echo")
         assert.is_nil(body.query.injected)
+    end)
+end)
+
+describe("app.server.handle results", function()
+    local server
+
+    setup(function()
+        local host = helper.fresh_host({ env = {
+            RATE_LIMIT_PER_MINUTE = "0", RATE_LIMIT_IP_PER_MINUTE = "0", CORS_ORIGINS = "https://app.example",
+        } })
+        local require_sandboxed, finish_loading = helper.sandbox(host)
+        server = require_sandboxed("app.server")
+        finish_loading()
+    end)
+
+    it("are status, JSON body, headers, user id and no stream", function()
+        local status, body, headers, user_id, stream = server.handle(helper.request { method = "GET", path = "/ping" })
+        assert.are.equal(200, status)
+        assert.matches('^{"message":"pong","status":"success","timestamp":', body)
+        assert.are.same({ ["content-type"] = "application/json" }, headers)
+        assert.is_nil(user_id)
+        assert.is_nil(stream)
+    end)
+
+    it("add CORS headers to a copy: the shared JSON headers never change", function()
+        local _, _, plain = server.handle(helper.request { method = "GET", path = "/ping" })
+        local _, _, cors = server.handle(helper.request { method = "GET", path = "/ping",
+            headers = { origin = "https://app.example" } })
+        assert.are.equal("https://app.example", cors["access-control-allow-origin"])
+        assert.are.equal("application/json", cors["content-type"])
+        assert.are_not.equal(plain, cors)
+        local _, _, again = server.handle(helper.request { method = "GET", path = "/ping" })
+        assert.are.same({ ["content-type"] = "application/json" }, again)
+        -- errors and preflights take the same path
+        local st, _, err_headers = server.handle(helper.request { method = "GET", path = "/nope",
+            headers = { origin = "https://app.example" } })
+        assert.are.equal(404, st)
+        assert.are.equal("https://app.example", err_headers["access-control-allow-origin"])
+        local pst, pbody, pre = server.handle(helper.request { method = "OPTIONS", path = "/api/projects",
+            headers = { origin = "https://app.example", ["access-control-request-method"] = "GET" } })
+        assert.are.equal(204, pst)
+        assert.are.equal("", pbody)
+        assert.is_truthy(pre["access-control-allow-methods"])
+        assert.are.same({ ["content-type"] = "application/json" },
+            select(3, server.handle(helper.request { method = "GET", path = "/ping" })))
     end)
 end)
