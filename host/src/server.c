@@ -806,6 +806,7 @@ static void *worker_main(void *arg)
         host_log_flush();
     }
     host_log_flush();
+    host_watchdog_thread_exit();
     return NULL;
 }
 

@@ -14,6 +14,9 @@
 
 static host_worker_t *watched;
 static int nwatched;
+/* Held while the watchdog signals, and by a worker marking itself gone: a thread that
+ * has left worker_main (and may be joined) is never signalled. */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 void host_watchdog_hook(lua_State *L, lua_Debug *ar)
 {
@@ -51,12 +54,14 @@ static void *watchdog_main(void *arg)
     for (;;) {
         nanosleep(&period, NULL);
         uint64_t now = host_now_ms();
+        pthread_mutex_lock(&lock);
         for (int i = 0; i < nwatched; ++i) {
             uint64_t deadline =
                 atomic_load_explicit(&watched[i].running_deadline_ms, memory_order_relaxed);
-            if (deadline != 0 && now > deadline)
+            if (deadline != 0 && now > deadline && !watched[i].watchdog_gone)
                 pthread_kill(watched[i].thread, SIGURG);
         }
+        pthread_mutex_unlock(&lock);
     }
     return NULL;
 }
@@ -67,6 +72,14 @@ void host_watchdog_thread_init(void)
     sigemptyset(&set);
     sigaddset(&set, SIGURG);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+void host_watchdog_thread_exit(void)
+{
+    pthread_mutex_lock(&lock);
+    if (host_current_worker != NULL)
+        host_current_worker->watchdog_gone = 1;
+    pthread_mutex_unlock(&lock);
 }
 
 int host_watchdog_start(host_worker_t *workers, int nworkers)

@@ -32,6 +32,9 @@ int host_watchdog_start(host_worker_t *workers, int nworkers);
 /** Lets a worker thread receive the watchdog's signal (call on that thread). */
 void host_watchdog_thread_init(void);
 
+/** Call on a worker thread as it leaves: the watchdog never signals it again. */
+void host_watchdog_thread_exit(void);
+
 /** The count hook: raises past the running coroutine's deadline, else removes itself. */
 void host_watchdog_hook(lua_State *L, lua_Debug *ar);
 

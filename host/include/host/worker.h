@@ -58,6 +58,7 @@ typedef struct host_worker_t {
      * when none or no deadline: read by the watchdog thread and its signal handler. */
     lua_State *volatile running_L;
     _Atomic uint64_t running_deadline_ms;
+    int watchdog_gone; /* the thread has left worker_main (under the watchdog's lock) */
 } host_worker_t;
 
 /** The worker running on this thread, or NULL (CLI commands, tests). */
