@@ -34,10 +34,11 @@ struct host_co_t {
     void *op; /* pending operation, NULL when running or idle */
     host_op_cancel_cb cancel;
     host_co_done_cb on_done;
-    void *owner;          /* the request record, for on_done */
-    uint64_t deadline_ms; /* monotonic; the watchdog (host/watchdog.h) stops CPU-bound code past it */
-    int running;          /* inside lua_resume: completions must not re-enter */
-    int background;       /* not a request: excluded from worker->inflight */
+    void *owner; /* the request record, for on_done */
+    uint64_t
+        deadline_ms; /* monotonic; the watchdog (host/watchdog.h) stops CPU-bound code past it */
+    int running;     /* inside lua_resume: completions must not re-enter */
+    int background;  /* not a request: excluded from worker->inflight */
 };
 
 /**
