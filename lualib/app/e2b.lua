@@ -49,7 +49,7 @@ local function api(method, path, body, opts)
             retry_after = tonumber(res.headers["retry-after"] or "")
         else
             local decoded = res.body ~= "" and json.decode(res.body) or nil
-            return res.status, decoded
+            return res.status, decoded, res.headers
         end
         -- Back off: E2B's Retry-After when given, else 1, 2, 4 s.
         host.sleep(math.min(retry_after or delay, 30))
@@ -103,15 +103,62 @@ function _M.exists(id)
     return nil
 end
 
--- Sandboxes whose metadata matches every key of `metadata` (the first 100).
-function _M.list(metadata)
+-- Listing. GET /v2/sandboxes pages with a cursor (E2B infra, spec/openapi.yml
+-- components.parameters paginationLimit/paginationNextToken, and
+-- packages/api/internal/utils/pagination.go + handlers/sandboxes_list.go; the SDKs'
+-- paginator, packages/python-sdk/e2b/sandbox_sync/paginator.py, reads the same header):
+--   * `limit` is 1..100, default 100 (sandboxesDefaultLimit = sandboxesMaxLimit = 100);
+--   * a page with more after it carries the header `X-Next-Token`, an opaque cursor
+--     (base64url of "<startedAt RFC3339Nano>__<sandboxID>" of the page's last entry);
+--     pass it back as `nextToken`. The last page has no such header;
+--   * a token that does not parse answers 400 "Invalid next token";
+--   * the order is startedAt descending, then sandboxID. The cursor is a position, not
+--     an entry, so killing listed sandboxes between pages does not shift later pages.
+local LIST_PAGE_LIMIT = 100
+
+-- Running sandboxes whose metadata matches every key of `metadata`, reading at most
+-- `max_pages` pages (each sandbox once, even if a page repeats one).
+-- -> sandboxes | nil, err (the first page failed)
+--    | sandboxes, err, pages (what was read before a later page failed, a repeated
+--      token, or `max_pages` pages with a next token still to follow)
+function _M.list(metadata, max_pages)
     local q = {}
     for k, v in pairs(metadata) do q[#q + 1] = k .. "=" .. v end
     table.sort(q)
-    local status, body = api("GET", "/v2/sandboxes?state=running&limit=100&metadata=" ..
-        urlencode(table.concat(q, "&")))
-    if status ~= 200 then return nil, status and control_error(status, body) or body end
-    return body
+    local base = "/v2/sandboxes?state=running&limit=" .. LIST_PAGE_LIMIT .. "&metadata=" ..
+        urlencode(table.concat(q, "&"))
+    local out, seen, tokens = {}, {}, {}
+    local token, pages = nil, 0
+    while true do
+        if pages >= max_pages then
+            return out, "E2B sandbox list: stopped after " .. pages .. " pages, a next token still followed", pages
+        end
+        local status, body, headers = api("GET", token and (base .. "&nextToken=" .. urlencode(token)) or base)
+        local err
+        if status ~= 200 then
+            err = status and control_error(status, body) or body
+        elseif type(body) ~= "table" or (next(body) ~= nil and body[1] == nil) then
+            err = "E2B: malformed sandbox list response"
+        end
+        if err then
+            if pages == 0 then return nil, err end
+            return out, err .. " (after " .. pages .. " pages)", pages
+        end
+        pages = pages + 1
+        for _, sb in ipairs(body) do
+            local id = type(sb) == "table" and sb.sandboxID
+            if type(id) == "string" and not seen[id] then
+                seen[id] = true
+                out[#out + 1] = sb
+            end
+        end
+        token = type(headers) == "table" and headers["x-next-token"] or nil
+        if token == nil or token == "" then return out, nil, pages end
+        if tokens[token] then
+            return out, "E2B sandbox list: page " .. pages .. " repeated an earlier next token", pages
+        end
+        tokens[token] = true
+    end
 end
 
 -- --- data plane ------------------------------------------------------------

@@ -22,7 +22,8 @@ KEY = "e2b_0123456789abcdef0123456789abcdef"
 FAULTS = {k: e2b.DEFAULTS[k] for k in (
     "create_delay_ms", "create_429_next", "retry_after", "create_5xx_next", "create_5xx_status", "drop_stream_next",
     "drop_after_events", "stream_error_next", "stream_error_after_events", "start_delay_ms", "expire_next",
-    "expire_after_s", "envd_unavailable_next", "envd_unavailable_status", "envd_down")}
+    "expire_after_s", "envd_unavailable_next", "envd_unavailable_status", "envd_down", "list_5xx_next",
+    "list_bad_token_next", "list_endless")}
 
 
 # -- a tiny Connect client ----------------------------------------------------------------------
@@ -436,10 +437,11 @@ class E2BDoubleTest(unittest.TestCase):
         self.assertEqual(ids("/v2/sandboxes?state=paused")[0], [])
         got, hdrs = ids("/v2/sandboxes?limit=2&metadata=" + q(app="aicode"))
         self.assertEqual((len(got), "x-next-token" in hdrs), (2, False))
+        # Newest first; the next token is the cursor of the page's last entry.
         st, hdrs, page = self.api("GET", "/v2/sandboxes?limit=1")
-        self.assertEqual((len(page), hdrs["x-next-token"]), (1, b["sandboxID"]))
-        st, _, page2 = self.api("GET", "/v2/sandboxes?limit=1&nextToken=" + hdrs["x-next-token"])
-        self.assertEqual(page2[0]["sandboxID"], b["sandboxID"])
+        self.assertEqual((st, [s["sandboxID"] for s in page]), (200, [c["sandboxID"]]))
+        st, hdrs, page2 = self.api("GET", "/v2/sandboxes?limit=1&nextToken=" + hdrs["x-next-token"])
+        self.assertEqual((st, [s["sandboxID"] for s in page2]), (200, [b["sandboxID"]]))
         listed = [s for s in self.api("GET", "/v2/sandboxes")[2] if s["sandboxID"] == c["sandboxID"]][0]
         self.assertEqual(listed["metadata"], {"task_id": "3", "user_id": "u2", "app": "other"})
         self.assertEqual((listed["state"], listed["alias"], listed["templateID"]),
@@ -447,6 +449,75 @@ class E2BDoubleTest(unittest.TestCase):
         for k in ("startedAt", "endAt"):
             self.assertRegex(listed[k], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         self.assertEqual(self.api("GET", "/v2/sandboxes?metadata=broken")[0], 400)
+
+    def test_list_pages_like_e2b(self):
+        # GET /v2/sandboxes as E2B pages it (infra packages/api/internal/utils/pagination.go and
+        # handlers/sandboxes_list.go): limit 1..100 (default 100), newest first, X-Next-Token =
+        # base64url("<startedAt RFC3339Nano>__<sandboxID>") of the page's last entry, no header
+        # on the last page, 400 "Invalid next token" for a token that does not parse.
+        self.control(max_sandboxes=300)
+        self.addCleanup(self.control, max_sandboxes=e2b.DEFAULTS["max_sandboxes"])
+        made = [self.create(metadata={"app": "pages", "n": str(i)})["sandboxID"] for i in range(205)]
+        other = self.create(metadata={"app": "other"})["sandboxID"]
+        meta = "&metadata=" + urllib.parse.quote("app=pages")
+
+        def read_all(extra="", limit=None):
+            pages, token = [], None
+            while True:
+                path = "/v2/sandboxes?state=running" + meta + extra + ("&limit=%d" % limit if limit else "")
+                st, hdrs, page = self.api("GET", path + ("&nextToken=" + urllib.parse.quote(token) if token else ""))
+                self.assertEqual(st, 200, page)
+                self.assertEqual(hdrs["x-total-running"], "205")
+                pages.append([s["sandboxID"] for s in page])
+                token = hdrs.get("x-next-token")
+                if not token:
+                    return pages
+                self.assertEqual(token, e2b.list_cursor(self.srv.sandboxes[page[-1]["sandboxID"]].started_ns,
+                                                        page[-1]["sandboxID"]))
+                self.assertLess(len(pages), 300, "the next token never ends")
+
+        pages = read_all()
+        self.assertEqual([len(p) for p in pages], [100, 100, 5])
+        self.assertEqual(sum(pages, []), made[::-1])  # newest first, each once, no other app
+        self.assertEqual([len(p) for p in read_all(limit=40)], [40] * 5 + [5])
+        self.assertEqual(sum(read_all("&order=asc", limit=100), []), made)
+        # The cursor is a position: killing the entry it names (and others) shifts nothing.
+        st, hdrs, first = self.api("GET", "/v2/sandboxes?limit=10" + meta)
+        for s in first[5:]:
+            self.assertEqual(self.api("DELETE", "/sandboxes/" + s["sandboxID"])[0], 204)
+        st, _, second = self.api("GET", "/v2/sandboxes?limit=10" + meta + "&nextToken=" + hdrs["x-next-token"])
+        self.assertEqual((st, [s["sandboxID"] for s in second]), (200, made[::-1][10:20]))
+        self.created = [sid for sid in self.created if sid in self.srv.sandboxes]
+        for bad in ("not-a-cursor!", "eHl6", base64.urlsafe_b64encode(b"yesterday__abc").decode(),
+                    e2b.list_cursor(0, "x").rstrip("=")):
+            st, _, body = self.api("GET", "/v2/sandboxes?nextToken=" + urllib.parse.quote(bad))
+            self.assertEqual((st, body), (400, {"code": 400, "message": "Invalid next token"}), bad)
+        for limit in ("0", "101", "x"):
+            self.assertEqual(self.api("GET", "/v2/sandboxes?limit=" + limit)[0], 400, limit)
+        # Faults: a 500, a next token that does not parse, a next token that never ends.
+        self.control(list_5xx_next=1)
+        self.assertEqual(self.api("GET", "/v2/sandboxes")[:3:2],
+                         (500, {"code": 500, "message": "Error when getting sandboxes"}))
+        self.assertEqual(self.api("GET", "/v2/sandboxes")[0], 200)
+        self.control(list_bad_token_next=1)
+        st, hdrs, _ = self.api("GET", "/v2/sandboxes?limit=100" + meta)
+        self.assertEqual(self.api("GET", "/v2/sandboxes?nextToken=" + urllib.parse.quote(hdrs["x-next-token"]))[0],
+                         400)
+        self.assertEqual(self.srv.opts["list_bad_token_next"], 0)
+        self.control(list_endless=True)
+        try:
+            seen, token = set(), None
+            for _ in range(5):
+                st, hdrs, page = self.api("GET", "/v2/sandboxes?metadata=" + urllib.parse.quote("app=other") +
+                                          ("&nextToken=" + urllib.parse.quote(token) if token else ""))
+                self.assertEqual([s["sandboxID"] for s in page], [other])  # starts over every time
+                token = hdrs["x-next-token"]
+                self.assertNotIn(token, seen)
+                seen.add(token)
+        finally:
+            self.control(list_endless=False)
+        self.assertNotIn("x-next-token", self.api("GET", "/v2/sandboxes?metadata=" +
+                                                  urllib.parse.quote("app=other"))[1])
 
     def test_kill_then_404_everywhere(self):
         sb = self.create()

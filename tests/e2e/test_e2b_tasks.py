@@ -13,7 +13,10 @@ really run under bubblewrap). E2B_API_URL and E2B_SANDBOX_URL both point at the 
   stream dropped mid-run is re-attached and nothing is lost; an expiring sandbox, a bad key,
   an unknown template and a down envd fail the task with a clear error.
 - Reaper: with E2B_REAP_INTERVAL_S=1, sandboxes tagged app=aicode whose task is finished or
-  unknown are killed, a running task's sandbox is not, untagged ones are left alone.
+  unknown are killed, a running task's sandbox is not, untagged ones are left alone. It reads
+  every page of GET /v2/sandboxes (250 orphans over three pages of 100, one run), survives a
+  next token that does not parse (400 Invalid next token: the rest on the next run) and stops
+  after 50 pages when the next token never ends.
 - The E2B key (a canary) is never in the server log, the database or any API answer.
 After every test the double has no live sandbox (GET /_control) and no live process.
 """
@@ -669,6 +672,133 @@ class E2BReaperTests(E2BTestCase):
         self.assertIn("killed orphaned E2B sandboxes", self.srv.log_text())
         self.double.api("DELETE", "/sandboxes/" + not_ours)
         self.double.api("DELETE", "/sandboxes/" + other_deployment)
+
+    # -- every page of the list (GET /v2/sandboxes: 100 a page, X-Next-Token / nextToken) --------
+
+    def hold_reaper(self):
+        """Every list request answers 500 until release_reaper(): sandboxes made meanwhile are all
+        there at once for the next reaper run."""
+        self.double.control({"list_5xx_next": 10 ** 6, "max_sandboxes": 400})
+        self.addCleanup(self.double.control, {"list_5xx_next": 0, "list_bad_token_next": 0, "list_endless": False})
+
+    def release_reaper(self):
+        mark = self.double.mark()
+        self.log_mark = len(self.srv.log_text())
+        self.double.control({"list_5xx_next": 0})
+        return mark
+
+    def new_log(self):
+        """The server log since release_reaper()."""
+        return self.srv.log_text()[self.log_mark:]
+
+    def list_runs(self, mark):
+        """The reaper's list requests since mark, grouped by run (a run starts with the request without
+        nextToken) -> [[(status, nextToken or None, query)]]."""
+        runs = []
+        for r in self.double.requests(mark):
+            if r["method"] == "GET" and r["path"] == "/v2/sandboxes":
+                token = (r["query"].get("nextToken") or [None])[0]
+                if token is None:
+                    runs.append([])
+                if runs:
+                    runs[-1].append((r.get("status"), token, r["query"]))
+        return runs
+
+    def deletes(self, mark):
+        out = {}
+        for r in self.double.requests(mark):
+            if r["method"] == "DELETE" and r["path"].startswith("/sandboxes/"):
+                sid = r["path"][len("/sandboxes/"):]
+                out[sid] = out.get(sid, 0) + 1
+        return out
+
+    def orphans(self, n, start=0):
+        return [self.double.create({"app": "aicode", "deployment": "aicode", "user_id": "u",
+                                    "task_id": str(self.done_tid) if i % 2 else str(900000 + i)})
+                for i in range(start, start + n)]
+
+    def test_reaper_reads_every_page(self):
+        # 250 orphans and a running task's sandbox in between: 251 sandboxes of this deployment,
+        # three pages (100, 100, 51), newest first. All 250 orphans go in one run; the running
+        # task's sandbox, another deployment's and untagged ones stay.
+        self.hold_reaper()
+        orphans = self.orphans(130)
+        tid = start_task(self.srv, self.tok, "echo started\nsleep 12\necho finished\n", self.repos.url("octo/demo"))
+        running = wait_until(lambda: self.double.for_task(tid), timeout=10)
+        self.assertTrue(running)
+        run_sid = running[0]["sandboxID"]
+        others = [self.double.create({"app": "aicode", "deployment": "staging", "task_id": str(900000 + i)})
+                  for i in range(5)]
+        others += [self.double.create({"app": "someone-else", "task_id": "900001"}) for _ in range(3)]
+        orphans += self.orphans(120, start=130)
+        try:
+            self.assertEqual(len(set(self.double.live_ids())), 250 + 1 + 8)
+            t0 = time.time()
+            mark = self.release_reaper()
+            gone = wait_until(lambda: not (set(orphans) & set(self.double.live_ids())), timeout=15)
+            left = set(orphans) & set(self.double.live_ids())
+            self.assertTrue(gone, "%d of 250 orphans still running after 15 s" % len(left))
+            elapsed = time.time() - t0
+            killed = self.double.killed()
+            self.assertEqual({killed.get(sid) for sid in orphans}, {"killed"})
+            live = set(self.double.live_ids())
+            self.assertIn(run_sid, live, "the running task's sandbox was reaped")
+            self.assertEqual(set(others) - live, set(), "another deployment's or an untagged sandbox was killed")
+            # One run read the three pages and killed every orphan once.
+            runs = [r for r in self.list_runs(mark) if r and r[0][0] == 200]
+            self.assertTrue(runs, self.list_runs(mark))
+            first = runs[0]
+            self.assertEqual([(st, tok is not None) for st, tok, _ in first], [(200, False), (200, True), (200, True)],
+                             first)
+            for _, _, q in first:
+                self.assertEqual((q["limit"], q["state"]), (["100"], ["running"]))
+                self.assertEqual(sorted(q["metadata"][0].split("&")), ["app=aicode", "deployment=aicode"])
+            dels = self.deletes(mark)
+            self.assertEqual({dels.get(sid) for sid in orphans}, {1}, "every orphan DELETEd exactly once")
+            self.assertEqual(set(dels) - set(orphans), set())
+            self.assertRegex(self.new_log(), r'killed orphaned E2B sandboxes.*"count":\s*250\b')
+            self.assertNotIn("the sandbox list is incomplete", self.new_log())
+            print("# reaper: 251 listed in 3 pages, 250 orphans killed in %.2f s" % elapsed)
+            t = wait_task(self.srv, self.tok, tid, timeout=30)
+            self.assertEqual(t["status"], "completed", t["error"])
+            self.assertIn("finished", assistant_messages(t)[-1])
+        finally:
+            for sid in others:
+                self.double.api("DELETE", "/sandboxes/" + sid)
+
+    def test_reaper_broken_next_token(self):
+        # Page 1's X-Next-Token does not parse: E2B answers page 2 with 400 "Invalid next token".
+        # That run kills page 1's orphans and logs the incomplete list; the next run gets the rest.
+        self.hold_reaper()
+        orphans = self.orphans(150)
+        self.double.control({"list_bad_token_next": 1})
+        mark = self.release_reaper()
+        gone = wait_until(lambda: not (set(orphans) & set(self.double.live_ids())), timeout=15)
+        self.assertTrue(gone, "%d of 150 orphans still running" % len(set(orphans) & set(self.double.live_ids())))
+        runs = self.list_runs(mark)
+        ok_runs = [r for r in runs if r and r[0][0] == 200]
+        self.assertEqual([(st, tok) for st, tok, _ in ok_runs[0]], [(200, None), (400, "not-a-cursor!")])
+        self.assertEqual([st for st, _, _ in ok_runs[1]], [200])  # the 50 left: one page
+        self.assertEqual(self.deletes(mark), {sid: 1 for sid in orphans})
+        self.assertRegex(self.new_log(), r"the sandbox list is incomplete.*Invalid next token")
+
+    def test_reaper_page_bound(self):
+        # A next token that never ends (a new one on every page, starting over): each run stops
+        # after 50 pages and says so; the orphans it saw (on every page) are killed once.
+        self.hold_reaper()
+        orphans = self.orphans(3)
+        self.double.control({"list_endless": True})
+        mark = self.release_reaper()
+        gone = wait_until(lambda: not (set(orphans) & set(self.double.live_ids())), timeout=10)
+        self.assertTrue(gone)
+        self.assertTrue(wait_until(lambda: len([r for r in self.list_runs(mark) if len(r) == 50]) >= 2, timeout=10),
+                        [len(r) for r in self.list_runs(mark)])
+        self.double.control({"list_endless": False})
+        runs = self.list_runs(mark)
+        self.assertEqual(max(len(r) for r in runs), 50, [len(r) for r in runs])
+        self.assertEqual({st for r in runs for st, _, _ in r} - {None}, {200})
+        self.assertEqual(self.deletes(mark), {sid: 1 for sid in orphans})
+        self.assertRegex(self.new_log(), r"the sandbox list is incomplete.*stopped after 50 pages")
 
     def test_z_e2b_key_never_leaks(self):
         self.assert_key_never_leaked(self.srv, self.tok, (GH_TOKEN,))

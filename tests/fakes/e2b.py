@@ -10,6 +10,7 @@ the JSON codec, plain-HTTP /files), with commands really executed under bubblewr
         [--expire-next N] [--expire-after-s S] [--envd-unavailable-next N]
         [--envd-unavailable-status 502|503] [--keepalive-default-s S] [--exit-retention-s S]
         [--max-sandboxes N] [--max-length-hours H] [--sandbox-not-found-status 502|404]
+        [--list-5xx-next N] [--list-bad-token-next N] [--list-endless]
 
     import e2b
     server, thread, port = e2b.start(port=0, api_key="e2b_0123abcd")
@@ -38,6 +39,7 @@ in the other fakes.
 """
 import argparse
 import base64
+import calendar
 import gzip
 import hashlib
 import hmac
@@ -95,6 +97,9 @@ DEFAULTS = {
     "envd_unavailable_next": 0,  # the next N envd requests answer envd_unavailable_status (edge proxy page)
     "envd_unavailable_status": 502,
     "envd_down": False,         # every envd request answers envd_unavailable_status until turned off
+    "list_5xx_next": 0,         # the next N GET /v2/sandboxes answer 500 Error when getting sandboxes
+    "list_bad_token_next": 0,   # the next N list pages that have a next page carry an X-Next-Token that does not parse
+    "list_endless": False,      # every list page carries a (new) X-Next-Token, past the end one that starts over
 }
 
 CONNECT_HTTP = {
@@ -130,6 +135,56 @@ def _json(obj):
 
 def _rfc3339(t):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
+
+
+def _rfc3339nano(ns):
+    """Go's time.RFC3339Nano in UTC: fractional seconds without trailing zeros."""
+    s, frac = divmod(ns, 10**9)
+    out = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s))
+    if frac:
+        out += ("." + "%09d" % frac).rstrip("0")
+    return out + "Z"
+
+
+RFC3339_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)$")
+
+
+def _parse_rfc3339nano(text):
+    """-> Unix nanoseconds, or None when `text` is not an RFC 3339 time."""
+    m = RFC3339_RE.match(text)
+    if not m:
+        return None
+    y, mo, d, h, mi, sec = (int(x) for x in m.groups()[:6])
+    try:
+        if not (1 <= d <= calendar.monthrange(y, mo)[1] and h < 24 and mi < 60 and sec < 60):
+            return None
+        t = calendar.timegm((y, mo, d, h, mi, sec, 0, 0, 0))
+    except ValueError:  # a month out of 1..12 (IllegalMonthError is one), or year 0
+        return None
+    frac = int((m.group(7) or ".")[1:].ljust(9, "0"))
+    tz = m.group(8)
+    off = 0 if tz in ("Z", "z") else (1 if tz[0] == "+" else -1) * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return (t - off) * 10**9 + frac
+
+
+def list_cursor(started_ns, sid):
+    """E2B's list cursor (infra packages/api/internal/utils/pagination.go generateCursor):
+    base64url (padded) of "<startedAt RFC3339Nano>__<sandboxID>"."""
+    return base64.urlsafe_b64encode(("%s__%s" % (_rfc3339nano(started_ns), sid)).encode()).decode()
+
+
+def parse_list_cursor(token):
+    """-> (ns, sandboxID), or None where E2B answers 400 "Invalid next token" (ParseCursor:
+    strict padded base64url, exactly one "__", an RFC3339Nano time)."""
+    try:
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError):
+        return None
+    parts = raw.split("__")
+    if len(parts) != 2:
+        return None
+    ns = _parse_rfc3339nano(parts[0])
+    return None if ns is None else (ns, parts[1])
 
 
 def _rand_id(n=20):
@@ -452,7 +507,8 @@ class Sandbox:
         self.network = body.get("allow_internet_access") is not False
         self.agents = alias in server.opts["agent_templates"] and server.tools_dir() is not None
         self.cpu_count, self.memory_mb = (2, 2048) if self.agents else (2, 512)
-        self.started_at = time.time()
+        self.started_ns = time.time_ns()
+        self.started_at = self.started_ns / 1e9
         self.end_at = self.started_at + timeout
         self.die_at = None  # fault: the real expiry when earlier than end_at
         self.dir = os.path.join(server.root, self.id)
@@ -904,6 +960,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _list(self, v2):
         srv = self.server
+        if v2 and srv.take("list_5xx_next"):
+            return self._api_error(500, "Error when getting sandboxes")
         want = {}
         for raw in self.query.get("metadata", []):
             for pair in raw.split("&"):
@@ -921,30 +979,46 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with srv.lock:
             items = [s for s in srv.sandboxes.values() if not s.killed
                      and all(s.metadata.get(k) == v for k, v in want.items())]
-        if states and "running" not in states:
+        running = not states or "running" in states
+        if not running:
             items = []
-        items.sort(key=lambda s: (s.started_at, s.id))
+        # E2B sorts newest first (SortPaginatedSandboxesDesc: startedAt descending, then sandboxID
+        # ascending); the v2 `order` option ('asc' / 'desc', default 'desc') flips the time order.
+        asc = v2 and (self.query.get("order") or ["desc"])[0] == "asc"
+        items.sort(key=lambda s: ((s.started_ns if asc else -s.started_ns), s.id))
         if not v2:
             return self._send(200, _json([s.listed() for s in items]))
-        if (self.query.get("order") or ["asc"])[0] == "desc":
-            items.reverse()
         try:
             limit = int((self.query.get("limit") or ["100"])[0])
         except ValueError:
             limit = -1
         if limit < 1 or limit > 100:
             return self._api_error(400, "limit must be between 1 and 100")
+        headers = {"X-Total-Running": len(items)} if running else {}
         token = (self.query.get("nextToken") or [""])[0]
-        start = 0
         if token:
-            ids = [s.id for s in items]
-            if token not in ids:
-                return self._api_error(400, "invalid next token")
-            start = ids.index(token)
-        page = items[start:start + limit]
-        headers = {"X-Total-Running": len(items)}
-        if start + limit < len(items):
-            headers["X-Next-Token"] = items[start + limit].id
+            cursor = parse_list_cursor(token)
+            if cursor is None:
+                return self._api_error(400, "Invalid next token")
+            # A position, not an entry: the entries after the cursor in this order (the cursor's own
+            # sandbox need not exist any more).
+            ns, cid = cursor
+            key = ((ns if asc else -ns), cid)
+            items = [s for s in items if ((s.started_ns if asc else -s.started_ns), s.id) > key]
+        page = items[:limit]
+        if len(items) > limit:
+            last = page[-1]
+            headers["X-Next-Token"] = list_cursor(last.started_ns, last.id)
+            if srv.take("list_bad_token_next"):
+                headers["X-Next-Token"] = "not-a-cursor!"
+        elif srv.opts["list_endless"]:
+            # A misbehaving API: a next token on the last page too, one that starts over (before
+            # every sandbox in this order), and a different one each time.
+            with srv.lock:
+                srv.endless_seq += 1
+                n = srv.endless_seq
+            start_ns = (n if asc else calendar.timegm((2999, 1, 1, 0, 0, 0)) * 10**9 + n)
+            headers["X-Next-Token"] = list_cursor(start_ns, "")
         return self._send(200, _json([s.listed() for s in page]), headers=headers)
 
     # -- envd -------------------------------------------------------------------------------------
@@ -1422,6 +1496,7 @@ class E2BServer(http.server.ThreadingHTTPServer):
         self.seq = 0
         self.spawner = Spawner()
         self.closing = False
+        self.endless_seq = 0  # fault list_endless: makes each start-over token different
         super().__init__(addr, Handler)
         self.port = self.server_address[1]
         self.url = "http://127.0.0.1:%d" % self.port
@@ -1568,9 +1643,11 @@ def main(argv=None):
                      ("create_5xx_next", int), ("create_5xx_status", int), ("drop_stream_next", int),
                      ("drop_after_events", int), ("stream_error_next", int), ("stream_error_after_events", int),
                      ("start_delay_ms", int), ("expire_next", int), ("expire_after_s", float),
-                     ("envd_unavailable_next", int), ("envd_unavailable_status", int)):
+                     ("envd_unavailable_next", int), ("envd_unavailable_status", int),
+                     ("list_5xx_next", int), ("list_bad_token_next", int)):
         ap.add_argument("--" + key.replace("_", "-"), type=typ)
     ap.add_argument("--envd-down", action="store_true", default=None)
+    ap.add_argument("--list-endless", action="store_true", default=None)
     a = ap.parse_args(argv)
     opts = {k: v for k, v in vars(a).items() if v is not None and k not in ("port", "host", "api_key", "template",
                                                                             "agent_template")}

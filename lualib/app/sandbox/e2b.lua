@@ -266,10 +266,22 @@ function _M.cleanup(id)
 end
 
 -- The orphan reaper: E2B sandboxes tagged by aicode whose task is not running.
-function _M.reap(task_status)
+-- It reads every page of the list (100 a page), up to REAP_MAX_PAGES pages a run so
+-- that a misbehaving API (a next token that never ends) cannot hold it forever:
+-- 5,000 sandboxes, well above E2B's concurrency caps (Pro 100, up to 1,100 with
+-- add-ons). What a bounded or failed listing left unread is read on the next run.
+-- One run at a time: a run that outlasts E2B_REAP_INTERVAL_S is not joined by another.
+local REAP_MAX_PAGES = 50
+local reaping = false
+
+local function reap(task_status)
     -- Only this deployment's sandboxes: another one sharing the E2B key has its own tasks.
-    local list, err = e2b.list({ app = "aicode", deployment = config.get().e2b_deployment })
+    local list, err, pages = e2b.list({ app = "aicode", deployment = config.get().e2b_deployment }, REAP_MAX_PAGES)
     if not list then return nil, err end
+    if err then
+        host.log("warn", "E2B orphan reaper: the sandbox list is incomplete, the rest waits for the next run",
+            { error = err, pages = pages, listed = #list, max_pages = REAP_MAX_PAGES })
+    end
     local killed = 0
     for _, sb in ipairs(list) do
         local meta = type(sb.metadata) == "table" and sb.metadata or {}
@@ -284,6 +296,16 @@ function _M.reap(task_status)
         end
     end
     return killed
+end
+
+-- -> killed | nil, err
+function _M.reap(task_status)
+    if reaping then return 0 end
+    reaping = true
+    local ok, killed, err = pcall(reap, task_status)
+    reaping = false
+    if not ok then return nil, killed end
+    return killed, err
 end
 
 _M.json = json
