@@ -17,6 +17,14 @@ PostgreSQL 15 (tools/pg.sh) with db/supabase migrated and its own PostgREST doub
   * schema mismatch (a database without the migrations, or with older ones): check-config
     and serve fail with "schema mismatch: run aicode migrate with DATABASE_URL", /health
     says so.
+
+SharedRateLimitTests (two more hosts on a database of their own): the per-IP limit of the
+unauthenticated routes and the per-user limit are counted in the database, so two hosts
+together allow each limit once (the 6th request of RATE_LIMIT_IP_PER_MINUTE=5 is a 429 JSON
+error with Retry-After, on either host); a refused client costs the database nothing more
+within its window; user and IP counters are apart; keys stay short whatever X-Forwarded-For
+says; with the database down each host falls back to its own counter (one warning) and
+goes back to the shared one afterwards.
 """
 import http.server
 import os
@@ -428,6 +436,151 @@ class MultiHostTests(unittest.TestCase):
         self.assertFalse(h.json["store"]["reachable"])
         self.assertIn(MISMATCH, h.json["store"]["problem"])
         self.assertEqual(self.b.request("GET", "/health").status, 200)
+
+
+class SharedRateLimitTests(unittest.TestCase):
+    """RATE_LIMIT_IP_PER_MINUTE=5 and RATE_LIMIT_PER_MINUTE=5 on two hosts sharing one database.
+    TRUST_PROXY=1: each test is a client of its own (X-Forwarded-For), with a fresh budget."""
+
+    LIMIT = 5
+    BACKOFF_S = 5  # app.ratelimit STORE_BACKOFF: the store is not asked for that long after a failure
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = SupabaseStack(pool_size=8).start()
+        env = {"JWT_SECRET": JWT_SECRET, "RATE_LIMIT_IP_PER_MINUTE": str(cls.LIMIT),
+               "RATE_LIMIT_PER_MINUTE": str(cls.LIMIT), "TRUST_PROXY": "1"}
+        cls.a = Server(env=env, stack=cls.stack)
+        cls.b = Server(env=env, stack=cls.stack)
+
+    @classmethod
+    def tearDownClass(cls):
+        for srv in (cls.a, cls.b):
+            srv.close()
+        cls.stack.stop()
+
+    def assert429(self, r):
+        self.assertEqual(r.status, 429, r)
+        self.assertTrue(r.headers.get("content-type", "").startswith("application/json"), r.headers)
+        self.assertEqual(set(r.json), {"error", "request_id"}, r)
+        self.assertEqual(r.json["error"], "Rate limit exceeded")
+        self.assertEqual(r.headers.get("x-request-id"), r.json["request_id"])
+        self.assertRegex(r.headers.get("retry-after", ""), r"^\d+$")
+        self.assertGreaterEqual(int(r.headers["retry-after"]), 1)
+        self.assertLessEqual(int(r.headers["retry-after"]), 60)
+
+    def hits(self, key):
+        rows = self.stack.sql("SELECT count FROM rate_limits WHERE key = ?", (key,))
+        return rows[0]["count"] if rows else 0
+
+    def refresh_token(self):
+        user = new_user()
+        return user, self.a.tokens(user)  # the CLI: not an HTTP request, not counted
+
+    def test_1_per_ip_limit_holds_across_hosts(self):
+        user, toks = self.refresh_token()
+        ip = "203.0.113.10"
+        client = {"X-Forwarded-For": ip}
+        refresh = {"refresh_token": toks["refresh_token"]}
+        for i in range(self.LIMIT):
+            srv = self.a if i % 2 == 0 else self.b
+            r = srv.request("POST", "/api/auth/refresh", body=refresh, headers=client)
+            self.assertEqual(r.status, 200, (i, r))
+        # The 6th, on either host (B had only 2 of them), and any route of the per-IP limiter.
+        self.assert429(self.b.request("POST", "/api/auth/refresh", body=refresh, headers=client))
+        self.assert429(self.a.request("POST", "/api/auth/refresh", body=refresh, headers=client))
+        self.assert429(self.a.request("POST", "/api/auth/token", body={"user_id": user}, headers=client))
+        self.assertEqual(self.hits("rl:ip:" + ip), self.LIMIT + 2)
+        # A refused client costs the database nothing more until its window ends.
+        for i in range(20):
+            srv = self.a if i % 2 == 0 else self.b
+            self.assert429(srv.request("POST", "/api/auth/refresh", body=refresh, headers=client))
+        self.assertEqual(self.hits("rl:ip:" + ip), self.LIMIT + 2)
+        # Another client is not affected, nor is the user's own (authenticated) budget.
+        self.assertEqual(self.b.request("POST", "/api/auth/refresh", body=refresh,
+                                        headers={"X-Forwarded-For": "203.0.113.11"}).status, 200)
+        r = self.a.request("GET", "/api/projects", token=toks["access_token"], headers=client)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(self.hits("rl:u:" + user), 1)
+        # Health endpoints are exempt.
+        self.assertEqual(self.b.request("GET", "/health", headers=client).status, 200)
+
+    def test_2_per_user_limit_holds_across_hosts(self):
+        user, toks = self.refresh_token()
+        for i in range(self.LIMIT):
+            srv = self.a if i % 2 == 0 else self.b
+            r = srv.request("GET", "/api/projects", token=toks["access_token"])
+            self.assertEqual(r.status, 200, (i, r))
+        self.assert429(self.b.request("GET", "/api/projects", token=toks["access_token"]))
+        self.assert429(self.a.request("GET", "/api/auth/verify", token=toks["access_token"]))
+        self.assertEqual(self.hits("rl:u:" + user), self.LIMIT + 2)
+
+    def test_3_keys_stay_short_whatever_the_client_claims(self):
+        forged = "f" * 300
+        for srv in (self.a, self.b):
+            r = srv.request("POST", "/api/auth/token", body={"user_id": "not-a-uuid"},
+                            headers={"X-Forwarded-For": "198.51.100.1, " + forged})
+            self.assertEqual(r.status, 400, r)  # counted, then refused by the handler
+        self.assertEqual(self.hits("rl:ip:" + "f" * 64), 2)
+        longest = self.stack.sql("SELECT max(length(key)) AS n FROM rate_limits")[0]["n"]
+        self.assertEqual(longest, len("rl:ip:") + 64)  # the forged one, cut
+
+    def test_4_database_down_each_host_counts_alone_then_shares_again(self):
+        client = {"X-Forwarded-For": "192.0.2.40"}
+        bad = {"user_id": "not-a-uuid"}  # a 400 that needs no database: only the limiter does
+        self.stack.control("down")
+        try:
+            for srv in (self.a, self.b):
+                for i in range(self.LIMIT):
+                    r = srv.request("POST", "/api/auth/token", body=bad, headers=client)
+                    self.assertEqual(r.status, 400, (i, r))
+                # Fails open to the host's own counter: still a limit, per host.
+                self.assert429(srv.request("POST", "/api/auth/token", body=bad, headers=client))
+        finally:
+            self.stack.control("up")
+        for srv in (self.a, self.b):
+            warned = [l for l in srv.log_lines()
+                      if l.get("msg") == "rate limit: shared counter unavailable, using the local one"]
+            self.assertEqual(len(warned), 1, "one warning per outage and host, not one per request")
+            self.assertIsNone(srv.proc.poll())
+        self.assertEqual(self.hits("rl:ip:192.0.2.40"), 0)
+        # After the back-off the database counts again, for both hosts together.
+        time.sleep(self.BACKOFF_S + 0.2)
+        client = {"X-Forwarded-For": "192.0.2.41"}
+        for i in range(self.LIMIT):
+            srv = self.a if i % 2 == 0 else self.b
+            self.assertEqual(srv.request("POST", "/api/auth/token", body=bad, headers=client).status, 400, i)
+        self.assert429(self.b.request("POST", "/api/auth/token", body=bad, headers=client))
+        self.assertEqual(self.hits("rl:ip:192.0.2.41"), self.LIMIT + 1)
+
+    def test_5_old_windows_are_cleaned_up_in_bounded_batches(self):
+        # 1200 windows that ended two hours ago (a crowd of addresses gone since) and 10
+        # live ones. The call that draws the clean-up (1 in 100) deletes at most 500 of the
+        # oldest, never a live one.
+        self.stack.sql("INSERT INTO rate_limits (key, window_start, count) "
+                       "SELECT 'rl:ip:old-' || i, now() - interval '2 hours' - i * interval '1 second', 1 "
+                       "FROM generate_series(1, 1200) i")
+        self.stack.sql("INSERT INTO rate_limits (key, window_start, count) "
+                       "SELECT 'rl:ip:live-' || i, now(), 1 FROM generate_series(1, 10) i")
+        self.stack.sql("""
+            DO $$
+            DECLARE n integer := 0;
+            BEGIN
+                LOOP
+                    PERFORM public.rate_limit_hit('rl:ip:cleanup-probe', 60, 1000000);
+                    n := n + 1;
+                    EXIT WHEN n >= 5000 OR (SELECT count(*) FROM public.rate_limits
+                                             WHERE key LIKE 'rl:ip:old-%') < 1200;
+                END LOOP;
+            END $$""")
+        old = self.stack.sql("SELECT count(*) AS n, max(substr(key, 11)::int) AS oldest_left "
+                             "FROM rate_limits WHERE key LIKE 'rl:ip:old-%'")[0]
+        self.assertEqual(old["n"], 700, "one clean-up, 500 rows")
+        self.assertEqual(old["oldest_left"], 700, "the oldest went first")
+        self.assertEqual(self.stack.sql("SELECT count(*) AS n FROM rate_limits WHERE key LIKE 'rl:ip:live-%'")[0]["n"],
+                         10)
+        indexes = self.stack.sql("SELECT indexdef FROM pg_indexes WHERE tablename = 'rate_limits'")
+        self.assertTrue(any("(window_start)" in i["indexdef"] for i in indexes), indexes)
 
 
 if __name__ == "__main__":

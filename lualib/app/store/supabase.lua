@@ -27,7 +27,7 @@ local null = json.null
 local _M = {}
 
 -- The newest db/supabase migration this code needs (public.schema_migrations.version).
-local SCHEMA_VERSION = "004"
+local SCHEMA_VERSION = "005"
 local SCHEMA_MISMATCH = "schema mismatch: run aicode migrate with DATABASE_URL (the database lacks migration "
     .. SCHEMA_VERSION .. " of db/supabase)"
 _M.SCHEMA_VERSION = SCHEMA_VERSION
@@ -276,14 +276,17 @@ local function rpc(name, args, opts)
         attempts = opts.attempts })
 end
 
--- Rate limits shared by every host (db/supabase/004_rate_limits.sql).
+-- Rate limits shared by every host (db/supabase/004_rate_limits.sql, 005: bounded
+-- clean-up): one call, one upsert, no retry (app.ratelimit falls back on a failure).
 -- -> allowed, retry_after | nil, err
 function _M.rate_limit_hit(_, key, window_s, max_hits)
     local res, err = rpc("rate_limit_hit", { key = key, window_seconds = window_s, max_hits = max_hits },
         { attempts = 1 })
-    if type(res) ~= "table" then return nil, err or "rate limit: unexpected answer" end
-    local row = res[1] or res
-    return row.allowed == true, math.tointeger(row.retry_after) or 1
+    if res == nil then return nil, err end
+    local row = type(res) == "table" and (res[1] or res) or nil
+    -- Anything but a boolean is no answer (not a refusal: the caller falls back).
+    if type(row) ~= "table" or type(row.allowed) ~= "boolean" then return nil, "rate limit: unexpected answer" end
+    return row.allowed, math.tointeger(row.retry_after) or 1
 end
 
 -- ---------------------------------------------------------------------------
