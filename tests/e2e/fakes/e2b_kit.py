@@ -27,7 +27,8 @@ from fakes.tasks_kit import task_server  # noqa: E402
 FAULT_KEYS = ("create_delay_ms", "create_429_next", "retry_after", "create_5xx_next", "create_5xx_status",
               "drop_stream_next", "drop_after_events", "stream_error_next", "stream_error_after_events",
               "start_delay_ms", "expire_next", "expire_after_s", "envd_unavailable_next",
-              "envd_unavailable_status", "envd_down", "max_sandboxes", "templates")
+              "envd_unavailable_status", "envd_down", "max_sandboxes", "templates",
+              "list_5xx_next", "list_bad_token_next", "list_endless")
 
 
 def canary_key():
