@@ -183,8 +183,8 @@ class SupabaseStack:
 
     def reset(self):
         """An empty database (ids start at 1 again), as a fresh SQLite file."""
-        self.sql("TRUNCATE public.task_events, public.tasks, public.projects, public.users, auth.users "
-                 "RESTART IDENTITY CASCADE")
+        self.sql("TRUNCATE public.task_events, public.tasks, public.projects, public.users, auth.users, "
+                 "public.rate_limits RESTART IDENTITY CASCADE")
 
     def dump(self):
         r = subprocess.run(["/usr/lib/postgresql/15/bin/pg_dump", "--data-only", "--no-owner", self.database_url],
