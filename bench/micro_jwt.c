@@ -24,6 +24,7 @@
 #include <openssl/params.h>
 
 #include "host/jwt_verify.h"
+#include "../tests/support/b64url.h"
 
 #define ROUNDS 7
 #define SECRET "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -39,34 +40,6 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
-}
-
-static char *b64url(const unsigned char *in, size_t n)
-{
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    char *out = malloc(n / 3 * 4 + 5);
-    size_t o = 0, i = 0;
-
-    for (; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-        out[o++] = alphabet[v >> 18 & 63];
-        out[o++] = alphabet[v >> 12 & 63];
-        out[o++] = alphabet[v >> 6 & 63];
-        out[o++] = alphabet[v & 63];
-    }
-    if (n - i == 1) {
-        unsigned v = (unsigned)in[i] << 16;
-        out[o++] = alphabet[v >> 18 & 63];
-        out[o++] = alphabet[v >> 12 & 63];
-    } else if (n - i == 2) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8;
-        out[o++] = alphabet[v >> 18 & 63];
-        out[o++] = alphabet[v >> 12 & 63];
-        out[o++] = alphabet[v >> 6 & 63];
-    }
-    out[o] = '\0';
-    return out;
 }
 
 enum which { VERIFY, HMAC_ONESHOT, MAC_DUP, MAC_REUSE };

@@ -34,6 +34,7 @@
 
 #include "host/jwt.h"
 #include "host/jwt_verify.h"
+#include "../support/b64url.h"
 #include "tap.h"
 
 #define SECRET "unit-test-secret-0123456789abcdefghijklmnopqrstuv"
@@ -65,34 +66,6 @@ static int streq(const char *a, const char *b)
 }
 
 /* ---- token crafting (independent of jwt_verify.c) -------------------------------------- */
-
-static char *b64url(const unsigned char *in, size_t n)
-{
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    char *out = malloc(n / 3 * 4 + 5);
-    size_t o = 0, i = 0;
-
-    for (; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-        out[o++] = alphabet[v >> 18 & 63];
-        out[o++] = alphabet[v >> 12 & 63];
-        out[o++] = alphabet[v >> 6 & 63];
-        out[o++] = alphabet[v & 63];
-    }
-    if (n - i == 1) {
-        unsigned v = (unsigned)in[i] << 16;
-        out[o++] = alphabet[v >> 18 & 63];
-        out[o++] = alphabet[v >> 12 & 63];
-    } else if (n - i == 2) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8;
-        out[o++] = alphabet[v >> 18 & 63];
-        out[o++] = alphabet[v >> 12 & 63];
-        out[o++] = alphabet[v >> 6 & 63];
-    }
-    out[o] = '\0';
-    return out;
-}
 
 static char *b64s(const char *s)
 {
