@@ -80,11 +80,54 @@ function _M.check_user(user_id)
     return check("rl:u:" .. user_id, config.get().rate_limit_user)
 end
 
+-- The groups of an IPv6 address in text form ("2001:db8::1"), eight of them, or nil
+-- when it is not one this understands (an embedded IPv4 tail, garbage).
+local function ipv6_groups(ip)
+    local groups = {}
+    local head, tail = ip:match("^(.-)::(.*)$")
+    if head then
+        if tail:find("::", 1, true) then return nil end -- "::" may appear once
+        local h, t = {}, {}
+        for g in head:gmatch("[^:]+") do h[#h + 1] = g end
+        for g in tail:gmatch("[^:]+") do t[#t + 1] = g end
+        if #h + #t > 7 then return nil end
+        for _, g in ipairs(h) do groups[#groups + 1] = g end
+        for _ = 1, 8 - #h - #t do groups[#groups + 1] = "0" end
+        for _, g in ipairs(t) do groups[#groups + 1] = g end
+    else
+        for g in ip:gmatch("[^:]+") do groups[#groups + 1] = g end
+    end
+    if #groups ~= 8 then return nil end
+    return groups
+end
+
+-- Who an address counts as: an IPv4 address itself (also when written inside IPv6,
+-- "::ffff:10.0.0.1"), an IPv6 address its /64 network. A subscriber usually gets a
+-- whole /64, so counting single IPv6 addresses would give one client 2^64 budgets.
+-- Anything else (not an address: a forged header) counts as the text it is.
+function _M.client_key(ip)
+    ip = tostring(ip)
+    if not ip:find(":", 1, true) then return ip end
+    -- An IPv4 address inside IPv6 text (v4-mapped ::ffff:a.b.c.d, NAT64 64:ff9b::a.b.c.d)
+    -- is that IPv4 client.
+    local v4 = ip:match("^[%x:]*:(%d+%.%d+%.%d+%.%d+)$")
+    if v4 then return v4 end
+    local groups = ipv6_groups(ip)
+    if not groups then return ip end
+    local prefix = {}
+    for i = 1, 4 do
+        local g = groups[i]
+        if not g:match("^%x%x?%x?%x?$") then return ip end
+        prefix[i] = string.format("%x", tonumber(g, 16))
+    end
+    return table.concat(prefix, ":") .. "::/64"
+end
+
 function _M.check_ip(ip)
     -- An address is at most 45 characters; anything longer is not one (it came
     -- from a forged header) and must not make the key too long (host.shared refuses
     -- keys over 256 bytes; the store's is a primary key).
-    return check("rl:ip:" .. tostring(ip):sub(1, MAX_IP), config.get().rate_limit_ip)
+    return check("rl:ip:" .. _M.client_key(ip):sub(1, MAX_IP), config.get().rate_limit_ip)
 end
 
 return _M

@@ -65,6 +65,26 @@ describe("app.ratelimit (fixed 60 s window on host.shared)", function()
         assert.is_not_nil(ctl.shared["rl:u:10.0.0.1"])
     end)
 
+    it("counts an IPv6 client by its /64 network, an IPv4 one by its address", function()
+        local rl, ctl = load_ratelimit({ RATE_LIMIT_IP_PER_MINUTE = "2" })
+        assert.is_true((rl.check_ip("2001:db8:1:2::1")))
+        assert.is_true((rl.check_ip("2001:0db8:0001:0002:ffff:ffff:ffff:fffe")))
+        assert.is_false((rl.check_ip("2001:DB8:1:2:0:0:0:99"))) -- same /64, any spelling
+        assert.is_true((rl.check_ip("2001:db8:1:3::1")))         -- the next /64
+        assert.is_not_nil(ctl.shared["rl:ip:2001:db8:1:2::/64"])
+        -- v4-mapped IPv6 is the IPv4 address
+        assert.is_true((rl.check_ip("::ffff:10.0.0.7")))
+        assert.is_true((rl.check_ip("10.0.0.7")))
+        assert.is_false((rl.check_ip("::FFFF:10.0.0.7")))
+        assert.are.equal("0:0:0:0::/64", rl.client_key("::1"))
+        assert.are.equal("fe80:0:0:0::/64", rl.client_key("fe80::1%eth0"))
+        -- not an address: counted as the text it is
+        assert.are.equal("192.0.2.33", rl.client_key("64:ff9b::192.0.2.33"))
+        for _, text in ipairs({ "unknown", "1:2:3", "1::2::3", "g::1", "a:b:c:d:e:f:1:2:3", "12345::1" }) do
+            assert.are.equal(text, rl.client_key(text))
+        end
+    end)
+
     -- With TRUST_PROXY=1 the IP comes from X-Forwarded-For, i.e. from the client, and
     -- host.shared.incr refuses keys over 256 bytes (host/src/l_core.c): a long
     -- header must not turn every unauthenticated request into a 500.
