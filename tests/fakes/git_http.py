@@ -23,22 +23,24 @@ Auth (optional): with require_token, every request (with --public: only pushes) 
 auth whose password is one of the tokens (any user name, GitHub style "x-access-token:TOKEN"),
 otherwise 401 with `WWW-Authenticate: Basic realm="git"`, which makes git ask its credential helper.
 
-Control endpoints (not logged): GET /_fake/requests, POST /_fake/config (JSON merged into the
-options), POST /_fake/reset (clears the request log).
+Control endpoints (not logged; fakekit.py): GET /_fake/requests, POST /_fake/config (JSON merged
+into the options), POST /_fake/reset (clears the request log).
 """
 import argparse
 import base64
-import http.server
-import json
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
+
+try:
+    from . import fakekit
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fakekit
 
 DEFAULTS = {
     "root": None,             # GIT_PROJECT_ROOT (required)
@@ -159,12 +161,8 @@ def tree(root, name, ref):
 
 # -- HTTP server ------------------------------------------------------------------------------
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(fakekit.Handler):
     server_version = "fake-git-http/1"
-
-    def log_message(self, *args):
-        pass
 
     # request body, de-chunked
     def _body(self):
@@ -183,27 +181,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def _send(self, status, body=b"", headers=None):
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        if self.entry is not None:
-            self.entry["status"] = status
-
-    def _control(self, path, body):
-        srv = self.server
-        if path == "/_fake/requests":
-            return self._send(200, json.dumps(srv.requests).encode(), {"Content-Type": "application/json"})
-        if path == "/_fake/config" and self.command == "POST":
-            srv.opts.update(json.loads(body or b"{}"))
-        elif path == "/_fake/reset" and self.command == "POST":
-            with srv.lock:
-                del srv.requests[:]
-        self._send(200, json.dumps({k: v for k, v in srv.opts.items()}).encode(),
-                   {"Content-Type": "application/json"})
+        self._send_bytes(status, body, headers)
 
     def _auth_user(self):
         """(ok, user): checks Basic auth against the configured tokens."""
@@ -294,45 +272,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_HEAD = _handle
 
 
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024  # listen backlog: must be set before the constructor runs listen()
-    daemon_threads = True
-    allow_reuse_address = True
-
+class Server(fakekit.RecordingServer):
     def __init__(self, addr, opts):
-        self.opts = dict(DEFAULTS)
-        self.opts.update(opts)
-        if not self.opts.get("root"):
+        if not dict(DEFAULTS, **opts).get("root"):
             raise ValueError("root (the GIT_PROJECT_ROOT directory) is required")
-        self.lock = threading.Lock()
-        self.requests = []
-        self.rng = random.Random(self.opts.get("seed"))
-        super().__init__(addr, Handler)
-
-    def record(self, entry):
-        with self.lock:
-            entry = dict(seq=len(self.requests) + 1, ts=time.time(), **entry)
-            self.requests.append(entry)
-            if self.opts.get("log"):
-                with open(self.opts["log"], "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-        return entry
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.server_address[1]
-
-    def close(self):
-        self.shutdown()
-        self.server_close()
+        super().__init__(addr, opts, Handler, DEFAULTS)
 
 
 def start(port=0, host="127.0.0.1", **opts):
     """Starts the server in a daemon thread. Returns (server, thread, port)."""
-    server = Server((host, port), opts)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server, thread, server.server_address[1]
+    return fakekit.serve(Server((host, port), opts))
 
 
 def main():

@@ -26,23 +26,21 @@ writes -> 401 "Requires authentication". A "read" role -> 403 on POST /pulls.
 Like GitHub, a request without a User-Agent header is refused with 403 (require_user_agent).
 
 Faults: fail_rate / fail_next (500 {"message":"Server Error"}), rate_limit_next (403 "API rate
-limit exceeded" with x-ratelimit-remaining: 0), delay_ms. Control endpoints (not logged):
+limit exceeded" with x-ratelimit-remaining: 0), delay_ms. Control endpoints (not logged; fakekit.py):
 GET /_fake/requests, POST /_fake/config, POST /_fake/reset (clears the log and the pulls).
 """
 import argparse
-import http.server
 import json
 import os
-import random
 import sys
-import threading
 import time
 import urllib.parse
 
 try:
-    from . import git_http
+    from . import fakekit, git_http
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fakekit
     import git_http
 
 DOCS = "https://docs.github.com/rest"
@@ -80,16 +78,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(fakekit.Handler):
     server_version = "GitHub.com"
-
-    def log_message(self, *args):
-        pass
 
     def _send(self, status, obj, headers=None):
         body = b"" if obj is None else (json.dumps(obj, indent=2) + "\n").encode()
-        self.send_response(status)
         srv = self.server
         hdrs = {
             "Content-Type": "application/json; charset=utf-8",
@@ -100,42 +93,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "X-RateLimit-Resource": "core",
         }
         hdrs.update(headers or {})
-        for k, v in hdrs.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        if self.entry is not None:
-            self.entry["status"] = status
+        self._send_bytes(status, body, hdrs)
 
-    def _control(self, path, raw):
-        srv = self.server
-        if path == "/_fake/requests":
-            return self._send(200, srv.requests)
-        if path == "/_fake/config" and self.command == "POST":
-            srv.opts.update(json.loads(raw or b"{}"))
-        elif path == "/_fake/reset" and self.command == "POST":
-            with srv.lock:
-                del srv.requests[:]
-                srv.pulls.clear()
-        self._send(200, srv.opts)
+    def _send_json(self, status, obj):  # the control routes
+        self._send(status, obj)
 
     def _handle(self):
-        self.entry = None
-        url = urllib.parse.urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        if url.path.startswith("/_fake/"):
-            return self._control(url.path, raw)
+        req = self._json_request()
+        if req is None:  # a control route, answered
+            return
+        url, body = req
         srv, opts = self.server, self.server.opts
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", errors="replace")
-        self.entry = srv.record({"method": self.command, "path": url.path,
-                                 "query": urllib.parse.parse_qs(url.query),
-                                 "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
         if opts.get("delay_ms"):
             time.sleep(opts["delay_ms"] / 1000.0)
         try:
@@ -317,48 +285,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _handle
 
 
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024  # listen backlog: must be set before the constructor runs listen()
-    daemon_threads = True
-    allow_reuse_address = True
-
+class Server(fakekit.RecordingServer):
     def __init__(self, addr, opts):
-        self.opts = dict(DEFAULTS)
-        self.opts.update(opts)
-        if not self.opts.get("root"):
+        if not dict(DEFAULTS, **opts).get("root"):
             raise ValueError("root (the git_http.py repository root) is required")
-        self.lock = threading.Lock()
-        self.requests = []
         self.pulls = {}
         self.next_number = {}
         self.used = 0
-        self.rng = random.Random(self.opts.get("seed"))
-        super().__init__(addr, Handler)
+        super().__init__(addr, opts, Handler, DEFAULTS)
 
-    def record(self, entry):
-        with self.lock:
-            entry = dict(seq=len(self.requests) + 1, ts=time.time(), **entry)
-            self.requests.append(entry)
-            if self.opts.get("log"):
-                with open(self.opts["log"], "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-        return entry
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.server_address[1]
-
-    def close(self):
-        self.shutdown()
-        self.server_close()
+    def reset_state(self):
+        self.pulls.clear()
 
 
 def start(port=0, host="127.0.0.1", **opts):
     """Starts the server in a daemon thread. Returns (server, thread, port)."""
-    server = Server((host, port), opts)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server, thread, server.server_address[1]
+    return fakekit.serve(Server((host, port), opts))
 
 
 def main():

@@ -1,6 +1,7 @@
 """The shared base of the fake model APIs anthropic_api.py and openai_api.py (see their docstrings
-and README.md): the script / prompt planner, and a server that records every request, answers the
-control routes, injects the faults, checks the API key and carries the SSE and hang plumbing.
+and README.md): the script / prompt planner, and a server (on fakekit.py's, which records every
+request and answers the control routes) that injects the faults, checks the API key and carries
+the SSE and hang plumbing. POST /_fake/reset also forgets which scripted turn errors were answered.
 
 Each fake subclasses Handler for its own wire format: the class attributes of Handler below, and
 _error(status, message=None), _route(url, path, body) and _stream(answer, hang). A request goes:
@@ -8,17 +9,20 @@ control routes (/_fake/..., not logged) -> logged -> GET or HEAD / (200) -> _bef
 -> delay_ms -> fail_next / fail_rate (_error(fail_status)) -> API key (_error(401)) -> _route.
 """
 import argparse
-import http.server
 import json
 import os
-import random
 import re
 import select
 import shlex
-import threading
+import sys
 import time
-import urllib.parse
 import uuid
+
+try:
+    from . import fakekit
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fakekit
 
 DEFAULTS = {
     "script": None,        # dict or path of a JSON file (the "turns" script of the fakes)
@@ -128,41 +132,19 @@ def tokens_of(obj):
 
 # -- the server ---------------------------------------------------------------------------------
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(fakekit.Handler):
     request_id_prefix, request_id_hex = "req_", 24  # request id: prefix + that many hex digits
     stream_id_header = "request-id"  # the header of the request id on SSE answers (JSON ones: request-id)
     missing_key_message = None       # 401 message without a key
     wrong_key_message = None         # 401 message for a key not in api_keys; {key_prefix}: its first 3 characters
 
-    def log_message(self, *args):
-        pass
-
     def _send(self, status, obj, headers=None, ctype="application/json"):
         body = b"" if obj is None else json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("request-id", self.request_id)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        if self.entry is not None:
-            self.entry["status"] = status
+        self._send_bytes(status, body, [("Content-Type", ctype), ("request-id", self.request_id)]
+                         + list((headers or {}).items()))
 
-    def _control(self, path, raw):
-        srv = self.server
-        if path == "/_fake/requests":
-            return self._send(200, srv.requests)
-        if path == "/_fake/config" and self.command == "POST":
-            srv.opts.update(json.loads(raw or b"{}"))
-        elif path == "/_fake/reset" and self.command == "POST":
-            with srv.lock:
-                del srv.requests[:]
-                srv.turn_errors.clear()
-        self._send(200, srv.opts)
+    def _send_json(self, status, obj):  # the control routes
+        self._send(status, obj)
 
     def _take(self, name):
         with self.server.lock:
@@ -181,21 +163,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return False
 
     def _handle(self):
-        self.entry = None
         self.request_id = self.request_id_prefix + uuid.uuid4().hex[:self.request_id_hex]
-        url = urllib.parse.urlsplit(self.path)
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        if url.path.startswith("/_fake/"):
-            return self._control(url.path, raw)
+        req = self._json_request()
+        if req is None:  # a control route, answered
+            return
+        url, body = req
         srv, opts = self.server, self.server.opts
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", errors="replace")
-        self.entry = srv.record({"method": self.command, "path": url.path,
-                                 "query": urllib.parse.parse_qs(url.query),
-                                 "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
         path = url.path.rstrip("/")
         if path == "" and self.command in ("HEAD", "GET"):
             return self._send(200, None if self.command == "HEAD" else {"ok": True})
@@ -279,44 +252,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
 
 
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024  # listen backlog: must be set before the constructor runs listen()
-    daemon_threads = True
-    allow_reuse_address = True
-
+class Server(fakekit.RecordingServer):
     def __init__(self, addr, opts, handler, defaults=DEFAULTS):
-        self.opts = dict(defaults)
-        self.opts.update(opts)
-        self.lock = threading.Lock()
-        self.requests = []
         self.turn_errors = {}
-        self.rng = random.Random(self.opts.get("seed"))
-        super().__init__(addr, handler)
+        super().__init__(addr, opts, handler, defaults)
 
-    def record(self, entry):
-        with self.lock:
-            entry = dict(seq=len(self.requests) + 1, ts=time.time(), **entry)
-            self.requests.append(entry)
-            if self.opts.get("log"):
-                with open(self.opts["log"], "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-        return entry
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.server_address[1]
-
-    def close(self):
-        self.shutdown()
-        self.server_close()
+    def reset_state(self):
+        self.turn_errors.clear()
 
 
 def start(handler, port=0, host="127.0.0.1", **opts):
     """Starts a server with this Handler subclass in a daemon thread. Returns (server, thread, port)."""
-    server = Server((host, port), opts, handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server, thread, server.server_address[1]
+    return fakekit.serve(Server((host, port), opts, handler))
 
 
 def common_args(p):

@@ -69,14 +69,15 @@ Test-only extras (control routes, not logged, prefix /_control/ or /_fake/):
                                           Returns {"id": ...}.
 Faults: fail_next N / fail_rate P answer fail_status (503) with a PGRST000 body, or with
 fail_mode "drop" close the connection without an answer; delay_ms sleeps before each request.
+The server itself (listen backlog, the request log, server.url, close()) is fakekit.py's; the
+answers (_send) and the control routes above are the double's own.
 """
 import argparse
 import base64
 import hashlib
 import hmac
-import http.server
 import json
-import random
+import os
 import re
 import signal
 import socket
@@ -89,6 +90,12 @@ import urllib.parse
 import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
+
+try:
+    from . import fakekit
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fakekit
 
 DEFAULT_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # Supabase local dev's
 DEFAULTS = {
@@ -625,13 +632,9 @@ def parse_prefer(headers):
 # HTTP
 # ---------------------------------------------------------------------------
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(fakekit.Handler):  # its own _send and control routes (/_control/ or /_fake/)
     disable_nagle_algorithm = True  # otherwise every small response waits ~40 ms (Nagle + delayed ACK)
-    protocol_version = "HTTP/1.1"
     server_version = "postgrest-double/12"
-
-    def log_message(self, *args):
-        pass
 
     # -- plumbing ----------------------------------------------------------
     def _read_body(self):
@@ -1234,29 +1237,17 @@ class _Rollback(Exception):
         self.result = result
 
 
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024  # listen backlog: must be set before the constructor runs listen()
-    daemon_threads = True
-    allow_reuse_address = True
+class Server(fakekit.RecordingServer):
+    record_log = False  # the log line is written when the answer is known (flush_log)
 
     def __init__(self, addr, opts):
-        self.opts = dict(DEFAULTS)
-        self.opts.update({k: v for k, v in opts.items() if v is not None})
-        if not self.opts.get("database_url"):
+        opts = {k: v for k, v in opts.items() if v is not None}
+        if not dict(DEFAULTS, **opts).get("database_url"):
             raise ValueError("database_url is required")
-        self.lock = threading.Lock()
         self.log_lock = threading.Lock()
-        self.requests = []
-        self.rng = random.Random(self.opts.get("seed"))
-        self.pool = Pool(self.opts)
+        super().__init__(addr, opts, Handler, DEFAULTS)  # binds; nothing is served before start()
+        self.pool = Pool(self.opts)  # shares the options: changes at run time reach the pool
         self.keys = supabase_keys(self.opts["jwt_secret"])
-        super().__init__(addr, Handler)
-
-    def record(self, entry):
-        with self.lock:
-            entry = dict(seq=len(self.requests) + 1, ts=time.time(), **entry)
-            self.requests.append(entry)
-        return entry
 
     def flush_log(self, entry):
         if entry is None or not self.opts.get("log"):
@@ -1287,22 +1278,14 @@ class Server(http.server.ThreadingHTTPServer):
         finally:
             conn.close()
 
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.server_address[1]
-
     def close(self):
-        self.shutdown()
-        self.server_close()
+        super().close()
         self.pool.close_all()
 
 
 def start(port=0, host="127.0.0.1", **opts):
     """Starts the server in a daemon thread. Returns (server, thread, port)."""
-    server = Server((host, port), opts)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server, thread, server.server_address[1]
+    return fakekit.serve(Server((host, port), opts))
 
 
 def main():

@@ -12,24 +12,26 @@ Paths:
     /redirect     302 to /echo?redirected
     anything else 200 "upstream-ok"
 
-The listen backlog (request_queue_size) is raised on the class before the server is
-constructed: socketserver passes it to listen() in the constructor, and the default
-of 5 makes concurrent connects stall in SYN retries (toolchain-facts §9).
+The server and the handler's _send_bytes (status, headers, Content-Length, no body for
+HEAD) are tests/fakes/fakekit.py's; its listen backlog (request_queue_size) is raised on
+the class before the server is constructed: socketserver passes it to listen() in the
+constructor, and the default of 5 makes concurrent connects stall in SYN retries
+(toolchain-facts §9).
 """
-import http.server
 import json
+import os
+import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "fakes"))
+import fakekit  # noqa: E402  (tests/fakes)
 
 BODY = b"upstream-ok"
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
+class _Handler(fakekit.Handler):
     def _record(self, body):
         entry = {
             "method": self.command,
@@ -42,13 +44,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return entry
 
     def _send(self, status, body, headers=None):
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self._send_bytes(status, body, headers)
 
     def _handle(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -73,11 +69,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 1024  # listen backlog: set before construction
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _Server(fakekit.Server):
     def handle_error(self, request, client_address):
         # The host cancelling a call (client gone, deadline) closes our socket
         # mid-response: expected in these tests, not worth a traceback.
@@ -115,8 +107,7 @@ class Upstream:
             return list(self.server.seen)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
     def __enter__(self):
         return self
