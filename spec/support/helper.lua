@@ -7,6 +7,9 @@
 --   helper.sandbox(host)        require/finish_loading from the real host/lua/prelude.lua
 --   helper.request(t)           a request table as the C host builds it
 --   helper.handle(server, req)  app.server.handle's results as a response table
+--   helper.with_body(r, body)   r.body / r.json as the pipeline sets them
+--   helper.call(fn, r)          a route handler's status and round-tripped JSON body
+--   helper.rejects(st, msg, fn, r)  asserts the app error fn(r) raises
 --   helper.catch(fn, ...)       the app.errors error raised by fn (fails if none)
 --   helper.sign_jwt(claims, o)  an HS256 token signed in Lua (expired, alg:none, ...)
 --   helper.configure_jwt(s)     re-configures host_core's jwt (optional Supabase secret)
@@ -123,8 +126,6 @@ function _M.request(t)
     return req
 end
 
--- Runs fn and returns the app.errors error it raised. Anything else (no error, or
--- a non-app error) fails the calling spec with the details.
 -- app.server.handle(req)'s results (status, body, headers, user_id, stream) as one
 -- table, the shape the specs read.
 function _M.handle(server, req)
@@ -132,6 +133,38 @@ function _M.handle(server, req)
     return { status = status, body = body, headers = headers, user_id = user_id, stream = stream }
 end
 
+-- Gives request r a body the way the pipeline would: `body` (a string, or a table
+-- encoded by host.json) as r.body and its decoded value as r.json. Returns r.
+function _M.with_body(r, body)
+    if body ~= nil then
+        local json = require("host").json
+        r.body = type(body) == "string" and body or assert(json.encode(body))
+        r.json = json.decode(r.body)
+    end
+    return r
+end
+
+-- Runs a route handler; returns its status, the body as a client would decode it, and
+-- the JSON text.
+function _M.call(fn, r)
+    local json = require("host").json
+    local status, body = fn(r)
+    local text = assert(json.encode(body))
+    return status, json.decode(text), text
+end
+
+-- Asserts that fn(r) raises the app error `status` (and `message`, when given);
+-- returns the error.
+function _M.rejects(status, message, fn, r)
+    local luassert = require "luassert" -- busted's assert, which only specs see as a global
+    local err = _M.catch(fn, r)
+    luassert.are.equal(status, err.status)
+    if message then luassert.are.equal(message, err.message) end
+    return err
+end
+
+-- Runs fn and returns the app.errors error it raised. Anything else (no error, or
+-- a non-app error) fails the calling spec with the details.
 function _M.catch(fn, ...)
     local errors = require "app.errors"
     local succeeded, err = pcall(fn, ...)

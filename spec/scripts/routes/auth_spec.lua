@@ -15,20 +15,10 @@ describe("routes.auth", function()
     end
 
     local function req(body, headers)
-        local r = helper.request({ method = "POST", headers = headers or {} })
-        if body ~= nil then
-            r.body = type(body) == "string" and body or assert(json.encode(body))
-            r.json = json.decode(r.body)
-        end
-        return r
+        return helper.with_body(helper.request({ method = "POST", headers = headers or {} }), body)
     end
 
-    local function rejects(status, message, fn, r)
-        local err = helper.catch(fn, r)
-        assert.are.equal(status, err.status)
-        if message then assert.are.equal(message, err.message) end
-        return err
-    end
+    local rejects = helper.rejects
 
     local function supa(claims)
         return helper.sign_jwt(claims, { secret = helper.SUPABASE_SECRET })

@@ -28,25 +28,11 @@ describe("routes.github", function()
 
     local function req(user, t)
         t = t or {}
-        local r = helper.request({ method = "POST", user_id = user, params = t.params or {} })
-        if t.body ~= nil then
-            r.body = type(t.body) == "string" and t.body or assert(json.encode(t.body))
-            r.json = json.decode(r.body)
-        end
-        return r
+        return helper.with_body(helper.request({ method = "POST", user_id = user, params = t.params or {} }),
+            t.body)
     end
 
-    local function call(fn, r)
-        local status, body = fn(r)
-        return status, json.decode(assert(json.encode(body)))
-    end
-
-    local function rejects(status, message, fn, r)
-        local err = helper.catch(fn, r)
-        assert.are.equal(status, err.status)
-        if message then assert.are.equal(message, err.message) end
-        return err
-    end
+    local call, rejects = helper.call, helper.rejects
 
     local function gh(status, body)
         ctl:queue_http({ status = status, body = type(body) == "string" and body or assert(json.encode(body)) })

@@ -23,26 +23,11 @@ describe("routes.projects", function()
     -- A request whose body went through host.json like a real one.
     local function req(user, t)
         t = t or {}
-        local r = helper.request({ method = t.method or "GET", user_id = user, params = t.params or {} })
-        if t.body ~= nil then
-            r.body = type(t.body) == "string" and t.body or assert(json.encode(t.body))
-            r.json = json.decode(r.body)
-        end
-        return r
+        return helper.with_body(helper.request({ method = t.method or "GET", user_id = user,
+            params = t.params or {} }), t.body)
     end
 
-    -- Runs a handler; returns status and the body as the client would decode it.
-    local function call(fn, r)
-        local status, body = fn(r)
-        local text = assert(json.encode(body))
-        return status, json.decode(text), text
-    end
-
-    local function rejects(status, message, fn, r)
-        local err = helper.catch(fn, r)
-        assert.are.equal(status, err.status)
-        assert.are.equal(message, err.message)
-    end
+    local call, rejects = helper.call, helper.rejects
 
     local function create(user, body)
         local status, res = call(projects.create, req(user, { method = "POST", body = body or {
