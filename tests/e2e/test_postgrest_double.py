@@ -17,6 +17,8 @@ import unittest
 import urllib.parse
 import uuid
 
+from harness import Response
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PG_SH = os.path.join(ROOT, "tools", "pg.sh")
 MIGRATE = os.path.join(ROOT, "tools", "migrate_pg.sh")
@@ -68,20 +70,6 @@ def tearDownModule():
 
 # -- helpers -------------------------------------------------------------------
 
-class Resp:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        try:
-            self.json = json.loads(body) if body else None
-        except ValueError:
-            self.json = None
-
-    def __repr__(self):
-        return "<Resp %d %s>" % (self.status, self.body[:300])
-
-
 def api(method, path, body=None, auth="service", headers=None, raw=None):
     """auth: "service" (service_role key as apikey and bearer, as the backend does),
     "anon" (anon key only), None (no key), or a user JWT (anon apikey + bearer JWT,
@@ -105,7 +93,7 @@ def api(method, path, body=None, auth="service", headers=None, raw=None):
     try:
         conn.request(method, "/rest/v1" + path, body=raw, headers=h)
         r = conn.getresponse()
-        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode())
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode())
     finally:
         conn.close()
 
