@@ -342,23 +342,29 @@ static size_t finish_line(line_t *l, char *out, int redacted)
     return n;
 }
 
+/* This thread's scratch buffer (LINE_MAX_BYTES + 64 bytes; threads write lines
+ * concurrently): a client field being redacted while its line is built, then the
+ * finished line on its way out. The two uses never overlap. */
+static char *scratch(void)
+{
+    static __thread char *buf;
+    if (buf == NULL)
+        buf = malloc(LINE_MAX_BYTES + 64);
+    return buf;
+}
+
 static void emit(line_t *l)
 {
-    static __thread char *tl_buf; /* per thread: lines are written concurrently */
-    if (tl_buf == NULL)
-        tl_buf = malloc(LINE_MAX_BYTES + 64);
-    size_t n = finish_line(l, tl_buf, 0);
-    write_all(tl_buf, n);
+    char *out = scratch();
+    write_all(out, finish_line(l, out, 0));
 }
 
 /* A request line: into this thread's batch when it has one, else written now. */
 static void emit_batched(line_t *l)
 {
     if (batch.buf == NULL) {
-        static __thread char *tl_buf;
-        if (tl_buf == NULL)
-            tl_buf = malloc(LINE_MAX_BYTES + 64);
-        write_all(tl_buf, finish_line(l, tl_buf, 1));
+        char *out = scratch();
+        write_all(out, finish_line(l, out, 1));
         return;
     }
     /* A pipe keeps only PIPE_BUF bytes whole: never let one write exceed batch_cap
@@ -442,9 +448,7 @@ static size_t format_status_duration(char *out, size_t cap, int status, double d
  */
 static void put_client_string(line_t *l, const char *s, size_t n)
 {
-    static __thread char *tmp;
-    if (tmp == NULL)
-        tmp = malloc(LINE_MAX_BYTES + 1);
+    char *tmp = scratch();
     put_json_string(l, tmp, host_redact(s, n, tmp, LINE_MAX_BYTES + 1));
 }
 
