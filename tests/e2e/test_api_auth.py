@@ -331,6 +331,19 @@ class CliAndOwnTokenTests(ApiAssertions):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json, {"valid": True, "user_id": user})
 
+    def test_token_that_expires_while_cached_is_refused(self):
+        # Each worker caches verified access tokens (lualib/app/auth.lua): a token used
+        # inside its leeway must still be refused once the leeway has passed.
+        user = new_user()
+        self.srv.tokens(user)
+        token = hs_token(own_claims(user, exp_delta=-27), self.secret)  # 3 s of leeway left
+        for _ in range(6):  # reach every worker, so each has it cached
+            r = self.verify(token)
+            self.assertEqual(r.status, 200, r)
+        time.sleep(4.2)
+        for _ in range(6):
+            self.assertRejected("Token has expired", token=token)
+
     def test_alg_none(self):
         user = new_user()
         self.srv.tokens(user)
