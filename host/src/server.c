@@ -578,10 +578,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
     r->co = co;
-    host_timer_start(w->timers, &r->timeout, timeout_ms);
     lua_rawgeti(co->L, LUA_REGISTRYINDEX, co->gen->handle_ref);
     push_request(co->L, req, r);
-    host_co_resume(co, 1);
+    if (host_co_resume(co, 1)) {
+        /* The handler waits on I/O. Most requests finish inside that first resume and
+         * never need the wall-clock timer (CPU-bound code is the watchdog's: it reads
+         * co->deadline_ms), so it is armed only now, for what is left of the deadline. */
+        uint64_t now = host_now_ms();
+        host_timer_start(w->timers, &r->timeout, deadline > now ? deadline - now : 0);
+    }
     return 0;
 }
 

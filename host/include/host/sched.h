@@ -57,8 +57,12 @@ host_co_t *host_co_new(host_worker_t *w, host_co_done_cb on_done, void *owner,
 host_co_t *host_co_new_on(host_worker_t *w, host_gen_t *gen, host_co_done_cb on_done, void *owner,
                           uint64_t deadline_ms, int background);
 
-/** Starts or continues the coroutine with `nargs` values on its stack. */
-void host_co_resume(host_co_t *co, int nargs);
+/**
+ * Starts or continues the coroutine with `nargs` values on its stack. Returns 1 when it
+ * is suspended on a host operation (co stays valid), 0 when it has finished (on_done
+ * has run and co is gone).
+ */
+int host_co_resume(host_co_t *co, int nargs);
 
 /** Cancels a pending op (if any) and destroys the coroutine without calling on_done. */
 void host_co_destroy(host_co_t *co);

@@ -31,6 +31,7 @@ typedef struct host_gen_t {
     int handle_ref;        /* registry ref of app.server.handle */
     int module_ref;        /* registry ref of the entry module (for its optional start hook) */
     int names_ref;         /* registry ref of the request/response field names (server.c), or 0 */
+    void *co_pool;         /* finished coroutine records kept for reuse (sched.c), or NULL */
     unsigned id;
     unsigned refs;
     int retired;
