@@ -851,8 +851,12 @@ int host_server_start(void)
     }
     for (int i = 0; i < nworkers; ++i)
         pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
-    /* After the workers exist: the watchdog signals their threads. */
-    if (host_watchdog_start(workers, nworkers) != 0) {
+    /* After the workers exist: the watchdog signals their threads. Its period follows
+     * the shortest deadline a coroutine gets (streams get hours: never the shortest). */
+    uint64_t shortest = host_config.request_timeout_ms < host_config.proxy_timeout_ms
+                            ? host_config.request_timeout_ms
+                            : host_config.proxy_timeout_ms;
+    if (host_watchdog_start(workers, nworkers, host_watchdog_period_ms(shortest)) != 0) {
         host_log("error", "cannot start the coroutine watchdog");
         return -1;
     }

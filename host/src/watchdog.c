@@ -1,4 +1,5 @@
 /* The coroutine CPU-time guard: see host/watchdog.h. */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 
 static host_worker_t *watched;
 static int nwatched;
+static uint64_t period_ms = HOST_WATCHDOG_MIN_PERIOD_MS;
 /* Held while the watchdog signals, and by a worker marking itself gone: a thread that
  * has left worker_main (and may be joined) is never signalled. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -50,7 +52,7 @@ static void *watchdog_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
-    struct timespec period = {0, HOST_WATCHDOG_PERIOD_MS * 1000000L};
+    struct timespec period = {(time_t)(period_ms / 1000), (long)(period_ms % 1000) * 1000000L};
     for (;;) {
         nanosleep(&period, NULL);
         uint64_t now = host_now_ms();
@@ -82,7 +84,15 @@ void host_watchdog_thread_exit(void)
     pthread_mutex_unlock(&lock);
 }
 
-int host_watchdog_start(host_worker_t *workers, int nworkers)
+uint64_t host_watchdog_period_ms(uint64_t shortest_timeout_ms)
+{
+    uint64_t p = shortest_timeout_ms / 20;
+    if (p < HOST_WATCHDOG_MIN_PERIOD_MS)
+        return HOST_WATCHDOG_MIN_PERIOD_MS;
+    return p > HOST_WATCHDOG_MAX_PERIOD_MS ? HOST_WATCHDOG_MAX_PERIOD_MS : p;
+}
+
+int host_watchdog_start(host_worker_t *workers, int nworkers, uint64_t period)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -93,9 +103,11 @@ int host_watchdog_start(host_worker_t *workers, int nworkers)
         return -1;
     watched = workers;
     nwatched = nworkers;
+    period_ms = period;
     pthread_t t;
     if (pthread_create(&t, NULL, watchdog_main, NULL) != 0)
         return -1;
+    pthread_setname_np(t, "aicode-watchdog"); /* findable in /proc/<pid>/task/<tid>/comm */
     pthread_detach(t);
     return 0;
 }

@@ -3,6 +3,7 @@ deadline (REQUEST_TIMEOUT_MS) stops both waiting and CPU-bound handlers, and a
 client that goes away mid-request leaves the server healthy: over HTTP/2 its
 pending timer or upstream call is cancelled (never completed into a freed
 coroutine) and the request is logged as 499."""
+import os
 import socket
 import subprocess
 import sys
@@ -80,6 +81,50 @@ class RequestTimeoutTest(unittest.TestCase):
         # `while true do pcall(function() while true do end end) end`: a handler
         # must not be able to swallow the deadline and keep the worker forever.
         self.check_cpu_bound("/test/spin_pcall")
+
+
+def thread_switches(pid, name):
+    """Voluntary context switches of the process's thread called `name` (its comm)."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if f.read().strip() != name:
+                    continue
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        return int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return None
+
+
+class WatchdogPeriodTest(unittest.TestCase):
+    """The watchdog wakes every twentieth of the request deadline (50 ms to 1 s)."""
+
+    def test_idle_server_with_default_deadline_wakes_about_once_a_second(self):
+        with tree_server() as srv:
+            pid = srv.proc.pid
+            before = wait_for(lambda: thread_switches(pid, "aicode-watchdog"), 2)
+            self.assertIsNotNone(before, "no thread named aicode-watchdog")
+            time.sleep(3)
+            woke = thread_switches(pid, "aicode-watchdog") - before
+            print("\n# watchdog wake-ups in 3 s idle (REQUEST_TIMEOUT_MS=30000): %d" % woke,
+                  file=sys.stderr, flush=True)
+            # One per second (a 50 ms period would make 60).
+            self.assertLessEqual(woke, 5)
+            self.assertGreaterEqual(woke, 2)
+
+    def test_cpu_bound_handler_is_stopped_within_a_period_of_a_longer_deadline(self):
+        # 4 s deadline: the watchdog wakes every 200 ms.
+        with tree_server(env={"REQUEST_TIMEOUT_MS": "4000"}) as srv:
+            t0 = time.monotonic()
+            r = srv.request("GET", "/test/spin", timeout=15)
+            elapsed = time.monotonic() - t0
+            self.assertIn(r.status, (500, 504), r)
+            self.assertGreaterEqual(elapsed, 3.9)
+            self.assertLess(elapsed, 5.0, "stopped %.2f s after a 4 s deadline" % (elapsed - 4))
+            self.assertEqual(srv.request("GET", "/ping").status, 200)
 
 
 class ClientDisconnectTest(unittest.TestCase):
