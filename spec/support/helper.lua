@@ -4,6 +4,8 @@
 -- secret, and offers:
 --   helper.fresh_host(opts)     new fake host (spec/support/fake_host.lua), installed as
 --                               package.preload["host"], with every app/route module unloaded
+--   helper.fresh_store(users)   a fresh host, app.store on it, a second connection to its
+--                               SQLite file and these users: host, ctl, store, db
 --   helper.sandbox(host)        require/finish_loading from the real host/lua/prelude.lua
 --   helper.request(t)           a request table as the C host builds it
 --   helper.handle(server, req)  app.server.handle's results as a response table
@@ -74,6 +76,17 @@ function _M.fresh_host(opts)
     _M.unload_app()
     fake_host.install(host)
     return host, ctl
+end
+
+-- A fresh fake host, app.store bound to it, a connection of the spec's own to the
+-- store's SQLite file (for rows the store has no call for), and the users
+-- {{id, attrs}, ...} created in that order. The caller closes db and cleans up ctl.
+function _M.fresh_store(users)
+    local host, ctl = _M.fresh_host()
+    local store = require "app.store"
+    local db = assert(host.sqlite.open(ctl.db_path))
+    for _, u in ipairs(users) do assert(store:ensure_user(u[1], u[2] or {})) end
+    return host, ctl, store, db
 end
 
 -- Loads modules exactly as the host does: through host/lua/prelude.lua (text chunks,

@@ -12,13 +12,9 @@ describe("routes.github", function()
     local host, ctl, json, github, store, db
 
     before_each(function()
-        host, ctl = helper.fresh_host()
+        host, ctl, store, db = helper.fresh_store({ { ALICE }, { BOB } })
         json = host.json
         github = require "routes.github"
-        store = require "app.store"
-        db = assert(host.sqlite.open(ctl.db_path))
-        assert(store:ensure_user(ALICE, {}))
-        assert(store:ensure_user(BOB, {}))
     end)
 
     after_each(function()

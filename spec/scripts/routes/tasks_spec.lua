@@ -12,13 +12,9 @@ describe("routes.tasks", function()
     local host, ctl, json, tasks, store, db
 
     before_each(function()
-        host, ctl = helper.fresh_host()
+        host, ctl, store, db = helper.fresh_store({ { ALICE }, { BOB } })
         json = host.json
         tasks = require "routes.tasks"
-        store = require "app.store"
-        db = assert(host.sqlite.open(ctl.db_path))
-        assert(store:ensure_user(ALICE, {}))
-        assert(store:ensure_user(BOB, {}))
     end)
 
     after_each(function()

@@ -30,12 +30,8 @@ describe("app.store (sqlite)", function()
     end
 
     before_each(function()
-        host, ctl = helper.fresh_host()
+        host, ctl, store, db = helper.fresh_store({ { ALICE, { email = "alice@example.com" } }, { BOB } })
         json = host.json
-        store = require "app.store"
-        db = assert(host.sqlite.open(ctl.db_path))
-        assert(store:ensure_user(ALICE, { email = "alice@example.com" }))
-        assert(store:ensure_user(BOB, {}))
     end)
 
     after_each(function()

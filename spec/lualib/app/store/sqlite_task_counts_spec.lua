@@ -80,12 +80,8 @@ describe("project task counts (sqlite triggers)", function()
     end
 
     before_each(function()
-        host, ctl = helper.fresh_host()
+        host, ctl, store, db = helper.fresh_store({ { ALICE }, { BOB } })
         json = host.json
-        store = require "app.store"
-        db = assert(host.sqlite.open(ctl.db_path))
-        assert(store:ensure_user(ALICE, {}))
-        assert(store:ensure_user(BOB, {}))
     end)
 
     after_each(function()
