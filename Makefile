@@ -48,7 +48,7 @@ build/lua/host_core.so: $(PURE_SRCS) $(wildcard host/include/host/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -fPIC -shared -o $@ $(PURE_SRCS) $(LDLIBS)
 
-build/tests/%: tests/unit/%.c $(filter-out build/obj/main.o,$(HOST_OBJS))
+build/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(filter-out build/obj/main.o,$(HOST_OBJS))
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Wno-missing-declarations -o $@ $< \
 	  $(filter-out build/obj/main.o,$(HOST_OBJS)) $(LDLIBS)
@@ -74,10 +74,10 @@ test-e2e: all
 
 lint:
 	luacheck -q lualib scripts spec
-	clang-format --dry-run -Werror host/src/*.c host/include/host/*.h tests/unit/*.c
+	clang-format --dry-run -Werror host/src/*.c host/include/host/*.h tests/unit/*.c tests/unit/*.h
 
 fmt:
-	clang-format -i host/src/*.c host/include/host/*.h tests/unit/*.c
+	clang-format -i host/src/*.c host/include/host/*.h tests/unit/*.c tests/unit/*.h
 
 bench: all
 	bench/run.sh

@@ -12,6 +12,9 @@
 #include "host/json.h"
 #include "tap.h"
 
+#define XORSHIFT_SEED 88172645463325252ULL /* the float test draws doubles from it */
+#include "xorshift.h"
+
 static lua_State *L;
 
 /* Runs `chunk`, which returns true on success or false plus an explanation. */
@@ -422,15 +425,6 @@ static void ref_float(double d, char *tmp, size_t cap)
     }
 }
 
-static uint64_t fl_rng = 88172645463325252ULL;
-static uint64_t fl_next(void)
-{
-    fl_rng ^= fl_rng << 13;
-    fl_rng ^= fl_rng >> 7;
-    fl_rng ^= fl_rng << 17;
-    return fl_rng;
-}
-
 /* Floats print exactly as before: values with up to 3 decimals (the fast path) on both
  * sides of its bounds, and arbitrary doubles. */
 static void test_float_text(void)
@@ -478,7 +472,7 @@ static void test_float_text(void)
 
     for (size_t i = 0; i < nedges + 40000 && bad < 5; i++) {
         double d;
-        uint64_t r = fl_next();
+        uint64_t r = xorshift_next();
 
         if (i < nedges)
             d = edges[i];

@@ -11,6 +11,9 @@
 #include "host/log.h"
 #include "tap.h"
 
+#define XORSHIFT_SEED 0x9e3779b97f4a7c15ULL
+#include "xorshift.h"
+
 static const char *redact(const char *in)
 {
     static char out[4096];
@@ -96,15 +99,6 @@ static int same_as_ref(const char *in, size_t len, size_t cap)
     memset(b, 'A', sizeof(b));
     size_t na = host_redact(in, len, a, cap), nb = ref_redact(in, len, b, cap);
     return na == nb && memcmp(a, b, cap < sizeof(a) ? cap : sizeof(a)) == 0;
-}
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
-static uint32_t rnd(uint32_t n)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state % n);
 }
 
 /* Random lines built from fragments of secrets and credential patterns, token and

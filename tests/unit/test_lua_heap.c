@@ -10,16 +10,10 @@
 #include "host/lua_heap.h"
 #include "tap.h"
 
-#define NBLOCKS 2000
+#define XORSHIFT_SEED 88172645463325252ULL
+#include "xorshift.h"
 
-static uint64_t rng = 88172645463325252ULL;
-static uint32_t rnd(uint32_t n)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng % n);
-}
+#define NBLOCKS 2000
 
 static void fill(unsigned char *p, size_t n, unsigned seed)
 {
