@@ -104,7 +104,6 @@ local NO_PARAMS = setmetatable({}, {
     __newindex = function() error("route params are read-only", 2) end,
     __metatable = false,
 })
-_M.NO_PARAMS = NO_PARAMS
 
 local SLASH = string.byte("/")
 
