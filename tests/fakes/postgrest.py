@@ -657,6 +657,10 @@ class Handler(fakekit.Handler):  # its own _send and control routes (/_control/ 
         if isinstance(body, (dict, list)):
             body = json.dumps(body)
         data = body.encode() if isinstance(body, str) else (body or b"")
+        # Recorded before the response goes out: a client that has read it may look
+        # at server.requests at once (in-process tests do), and must find the status.
+        if self.entry is not None:
+            self.entry["status"] = status
         self.send_response(status)
         if data or status not in (204, 304):
             self.send_header("Content-Type", ctype)
@@ -666,8 +670,6 @@ class Handler(fakekit.Handler):  # its own _send and control routes (/_control/ 
         self.end_headers()
         if self.command != "HEAD" and data:
             self.wfile.write(data)
-        if self.entry is not None:
-            self.entry["status"] = status
 
     def _drop(self):
         self.close_connection = True
